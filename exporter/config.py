@@ -1,0 +1,198 @@
+"""The exporter's settings: one frozen object, validated apart from flag parsing.
+
+The CLI hands over the raw strings it got from flags and the environment;
+everything about what a good value is lives here, so every source of a value
+gets the same checks and the same messages.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from exporter.ids import ID_RULE, is_valid_import_id
+from exporter.secret import Secret
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("logfmt", "json")
+DEFAULT_LISTEN_ADDRESS = ":10025"
+MAX_CONCURRENCY = 256
+MAX_RETRIES = 10
+MAX_TIMEOUT = 300.0
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a bad value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_url: str
+    api_key: Secret = field(repr=False)
+    import_ids: tuple[str, ...] = ()
+    ids_file: Path | None = None
+    concurrency: int = 8
+    timeout: float = 5.0
+    retries: int = 1
+    listen_host: str = ""
+    listen_port: int = 10025
+    telemetry_path: str = "/metrics"
+    log_level: str = "info"
+    log_format: str = "logfmt"
+
+
+def cluster_url(cluster_id: str) -> str:
+    return f"https://{cluster_id}.api.esales.apptus.cloud"
+
+
+def load_settings(
+    *,
+    cluster_id: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    api_key_file: str | None = None,
+    import_ids: Iterable[str] = (),
+    ids_file: str | None = None,
+    concurrency: str | int = 8,
+    timeout: str | float = 5.0,
+    retries: str | int = 1,
+    listen_address: str = DEFAULT_LISTEN_ADDRESS,
+    telemetry_path: str = "/metrics",
+    log_level: str = "info",
+    log_format: str = "logfmt",
+) -> Settings:
+    """Validate raw option values into :class:`Settings` or raise :class:`ConfigError`.
+
+    ``api_key`` is the value of ``ELEVATE_API_KEY``; no flag takes the key itself.
+    """
+    host, port = parse_listen_address(listen_address, "--web.listen-address")
+    return Settings(
+        base_url=_base_url(cluster_id, base_url),
+        api_key=_api_key(api_key, api_key_file),
+        import_ids=_import_ids(import_ids),
+        ids_file=Path(ids_file) if ids_file else None,
+        concurrency=_whole_number(concurrency, "--elevate.concurrency", 1, MAX_CONCURRENCY),
+        timeout=_seconds(timeout, "--elevate.timeout"),
+        retries=_whole_number(retries, "--elevate.retries", 0, MAX_RETRIES),
+        listen_host=host,
+        listen_port=port,
+        telemetry_path=_telemetry_path(telemetry_path),
+        log_level=_choice(log_level, "--log.level", LOG_LEVELS),
+        log_format=_choice(log_format, "--log.format", LOG_FORMATS),
+    )
+
+
+def _base_url(cluster_id: str | None, base_url: str | None) -> str:
+    if base_url:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"--elevate.base-url must be an http:// or https:// URL with a host, "
+                f"got {base_url!r}"
+            )
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigError(
+                f"--elevate.base-url must not carry credentials, a query or a fragment, "
+                f"got {parts.scheme}://{parts.hostname}..."
+            )
+        return base_url.rstrip("/")
+    if cluster_id:
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", cluster_id):
+            raise ConfigError(
+                f"--elevate.cluster-id must be a DNS label (letters, digits, '-'), "
+                f"got {cluster_id!r}"
+            )
+        return cluster_url(cluster_id.lower())
+    raise ConfigError(
+        "no Elevate cluster: set --elevate.cluster-id (ELEVATE_CLUSTER_ID) "
+        "or --elevate.base-url (ELEVATE_BASE_URL)"
+    )
+
+
+def _api_key(from_env: str | None, path: str | None) -> Secret:
+    if from_env and path:
+        raise ConfigError(
+            "both ELEVATE_API_KEY and --elevate.api-key-file (ELEVATE_API_KEY_FILE) are set; "
+            "use one"
+        )
+    if path:
+        try:
+            key = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"cannot read the API key file {path}: {reason}") from None
+        where = f"the API key file {path}"
+    elif from_env:
+        key = from_env
+        where = "ELEVATE_API_KEY"
+    else:
+        raise ConfigError(
+            "no API key: set ELEVATE_API_KEY or --elevate.api-key-file (ELEVATE_API_KEY_FILE)"
+        )
+    if not key.strip():
+        raise ConfigError(f"{where} is empty")
+    # The key goes into an HTTP header: a control character would split or break it.
+    # The message never quotes the key itself.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key) or not key.isascii():
+        raise ConfigError(f"{where} holds a line break, control or non-ASCII character")
+    return Secret(key)
+
+
+def _import_ids(values: Iterable[str]) -> tuple[str, ...]:
+    ids: dict[str, None] = {}
+    for value in values:
+        if not is_valid_import_id(value):
+            raise ConfigError(f"invalid import id {value[:100]!r}: an id is {ID_RULE}")
+        ids[value] = None
+    return tuple(ids)
+
+
+def _whole_number(value: str | int, name: str, low: int, high: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return number
+
+
+def _seconds(value: str | float, name: str) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = math.nan
+    if not 0 < number <= MAX_TIMEOUT:
+        raise ConfigError(
+            f"{name} must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, got {value!r}"
+        )
+    return number
+
+
+def _choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    lowered = value.strip().lower()
+    if lowered not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return lowered
+
+
+def _telemetry_path(path: str) -> str:
+    if not path.startswith("/") or path == "/" or path.startswith("/-/") or "?" in path:
+        raise ConfigError(
+            f"--web.telemetry-path must start with '/' and be neither '/' nor under '/-/', "
+            f"got {path!r}"
+        )
+    return path
+
+
+def parse_listen_address(address: str, name: str) -> tuple[str, int]:
+    """``[host]:port`` as the Prometheus exporters take it; an empty host means every address."""
+    match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.%\w]+)\]|([^\[\]:]*)):(\d{1,5})", address.strip())
+    port = int(match.group(3)) if match else -1
+    if match is None or not 0 <= port <= 65535:
+        raise ConfigError(f"{name} must be [host]:port, e.g. ':10025', got {address!r}")
+    return (match.group(1) or match.group(2) or ""), port
