@@ -7,7 +7,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -52,3 +52,66 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or probe!r}")
         time.sleep(interval)
+
+
+class Scrape:
+    """One parsed scrape of the exporter: sample values by name and labels."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.text = text
+        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.samples.get((name, frozenset(labels.items())))
+
+    def series(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
+        return {labels: v for (n, labels), v in self.samples.items() if n == name}
+
+    def current_status(self, import_id: str) -> str | None:
+        """The status whose series is 1 for the id, or None if it has none."""
+        ones = [
+            dict(labels)["status"]
+            for labels, value in self.series("elevate_import_status").items()
+            if dict(labels)["id"] == import_id and value == 1
+        ]
+        assert len(ones) <= 1, f"{import_id} has several statuses at 1: {ones}"
+        return ones[0] if ones else None
+
+
+def scrape(base_url: str, path: str = "/metrics", timeout: float = 30.0, **headers: str) -> Scrape:
+    import urllib.request
+
+    request = urllib.request.Request(
+        base_url + path, headers={k.replace("_", "-"): v for k, v in headers.items()}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return Scrape(response.read().decode("utf-8"))
+
+
+class Exporters:
+    """In-process exporters on free loopback ports, all stopped by :meth:`stop_all`."""
+
+    def __init__(self) -> None:
+        self._started: list[Any] = []
+
+    def start(self, base_url: str, ids: list[str], **options: Any) -> Any:
+        from exporter.config import load_settings
+        from exporter.web import Exporter
+
+        options.setdefault("api_key", "sim-key")
+        settings = load_settings(
+            base_url=base_url, import_ids=ids, listen_address="127.0.0.1:0", **options
+        )
+        exporter = Exporter(settings)
+        exporter.start()
+        self._started.append(exporter)
+        return exporter
+
+    def stop_all(self) -> None:
+        for exporter in self._started:
+            exporter.stop()

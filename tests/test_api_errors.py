@@ -1,0 +1,257 @@
+"""Every way an answer from Elevate can go wrong, each served exactly by pytest-httpserver."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from exporter.web import Exporter
+from tests.support import Exporters, Scrape, free_port, scrape
+
+KEY = "k-0123456789"
+ID = "5537431447739019570"
+PATH = f"/api/v2/import/status/{ID}"
+ExporterFor = Callable[..., Exporter]
+
+
+def answer(status: str = "IN_PROGRESS", **extra: Any) -> dict[str, Any]:
+    return {"id": ID, "status": status, "type": "PRODUCTS", **extra}
+
+
+@pytest.fixture
+def start_exporter() -> Iterator[ExporterFor]:
+    exporters = Exporters()
+    yield exporters.start
+    exporters.stop_all()
+
+
+@pytest.fixture
+def elevate(httpserver: HTTPServer, start_exporter: ExporterFor) -> Callable[..., Exporter]:
+    """An exporter tracking ID against the per-test server."""
+
+    def start(**options: Any) -> Exporter:
+        options.setdefault("api_key", KEY)
+        return start_exporter(httpserver.url_for("").rstrip("/"), [ID], **options)
+
+    return start
+
+
+def errors(result: Scrape, reason: str) -> float | None:
+    return result.value("elevate_import_api_errors_total", reason=reason)
+
+
+def requests_with(result: Scrape, code: str) -> float | None:
+    return result.value("elevate_import_api_requests_total", code=code)
+
+
+def test_requests_carry_the_api_key_header_and_name_the_exporter(
+    httpserver: HTTPServer, elevate: ExporterFor
+) -> None:
+    httpserver.expect_request(PATH, method="GET", headers={"Api-Key": KEY}).respond_with_json(
+        answer()
+    )
+    result = scrape(elevate().url)
+    assert result.current_status(ID) == "IN_PROGRESS"
+    request, _response = httpserver.log[0]
+    assert request.headers["User-Agent"].startswith("elevate-import-exporter/")
+
+
+def test_a_5xx_burst_is_retried_counted_and_the_import_stays_fresh(
+    httpserver: HTTPServer, elevate: ExporterFor
+) -> None:
+    httpserver.expect_oneshot_request(PATH).respond_with_data("busy", status=503)
+    httpserver.expect_request(PATH).respond_with_json(answer())
+    result = scrape(elevate(retries="1").url)
+    assert result.value("elevate_import_poll_success", id=ID) == 1
+    assert result.value("elevate_import_up") == 1
+    assert requests_with(result, "503") == 1
+    assert requests_with(result, "200") == 1
+    assert errors(result, "server_error") == 1
+
+
+def test_5xx_on_every_try_keeps_the_last_status_and_the_next_scrape_recovers(
+    httpserver: HTTPServer, elevate: ExporterFor
+) -> None:
+    httpserver.expect_oneshot_request(PATH).respond_with_json(answer("IN_PROGRESS"))
+    httpserver.expect_oneshot_request(PATH).respond_with_data("<h1>Bad Gateway</h1>", status=502)
+    httpserver.expect_oneshot_request(PATH).respond_with_data("oops", status=500)
+    httpserver.expect_request(PATH).respond_with_json(answer("SUCCESS"))
+    exporter = elevate(retries="1")
+
+    assert scrape(exporter.url).current_status(ID) == "IN_PROGRESS"
+    failed = scrape(exporter.url)
+    assert failed.current_status(ID) == "IN_PROGRESS"
+    assert failed.value("elevate_import_poll_success", id=ID) == 0
+    assert failed.value("elevate_import_up") == 0
+    assert errors(failed, "server_error") == 2
+    assert requests_with(failed, "502") == 1
+    assert requests_with(failed, "500") == 1
+
+    recovered = scrape(exporter.url)
+    assert recovered.current_status(ID) == "SUCCESS"
+    assert recovered.value("elevate_import_up") == 1
+
+
+def test_a_429_with_a_retry_after_that_fits_the_deadline_is_retried_after_that_long(
+    httpserver: HTTPServer, elevate: ExporterFor
+) -> None:
+    httpserver.expect_oneshot_request(PATH).respond_with_data(
+        "slow down", status=429, headers={"Retry-After": "1"}
+    )
+    httpserver.expect_request(PATH).respond_with_json(answer())
+    exporter = elevate(retries="1")
+    started = time.monotonic()
+    result = scrape(exporter.url)
+    assert time.monotonic() - started >= 1.0
+    assert result.value("elevate_import_poll_success", id=ID) == 1
+    assert errors(result, "rate_limited") == 1
+    assert requests_with(result, "429") == 1
+
+
+def test_a_429_whose_retry_after_passes_the_deadline_is_not_retried(
+    httpserver: HTTPServer, elevate: ExporterFor
+) -> None:
+    httpserver.expect_request(PATH).respond_with_data(
+        "slow down", status=429, headers={"Retry-After": "120"}
+    )
+    result = scrape(elevate(retries="3").url)
+    assert len(httpserver.log) == 1
+    assert result.value("elevate_import_poll_success", id=ID) == 0
+    assert errors(result, "rate_limited") == 1
+
+
+def test_a_refused_connection_is_counted_as_connection_error_and_the_exporter_keeps_serving(
+    start_exporter: ExporterFor,
+) -> None:
+    exporter = start_exporter(f"http://127.0.0.1:{free_port()}", [ID], retries="1")
+    result = scrape(exporter.url)
+    assert errors(result, "connection_error") == 2
+    assert requests_with(result, "connection_error") == 2
+    assert result.value("elevate_import_up") == 0
+    assert scrape(exporter.url).value("elevate_import_up") == 0
+
+
+def test_an_answer_slower_than_the_request_timeout_is_counted_as_timeout(
+    httpserver: HTTPServer, elevate: ExporterFor
+) -> None:
+    release = threading.Event()
+
+    def stall(_request: Request) -> Response:
+        release.wait(10)
+        return Response(json.dumps(answer()), content_type="application/json")
+
+    httpserver.expect_request(PATH).respond_with_handler(stall)
+    try:
+        result = scrape(elevate(timeout="0.3", retries="0").url)
+    finally:
+        release.set()
+    assert errors(result, "timeout") == 1
+    assert requests_with(result, "timeout") == 1
+    assert result.value("elevate_import_poll_success", id=ID) == 0
+
+
+BAD_BODIES = {
+    "empty": b"",
+    "html": b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+    "truncated json": b'{"id": "5537431447739019570", "status": "IN_PRO',
+    "json array": b'["IN_PROGRESS"]',
+    "json string": b'"IN_PROGRESS"',
+    "no status": json.dumps({"id": ID, "type": "PRODUCTS"}).encode(),
+    "status not a string": json.dumps({"id": ID, "status": 3}).encode(),
+    "empty status": json.dumps({"id": ID, "status": ""}).encode(),
+    "type not a string": json.dumps({"id": ID, "status": "WAITING", "type": 7}).encode(),
+    "another id": json.dumps({"id": "1", "status": "SUCCESS", "type": "PRODUCTS"}).encode(),
+    "several MiB": b'{"id": "5537431447739019570", "status": "WAITING", "pad": "'
+    + b"x" * (3 * 1024 * 1024)
+    + b'"}',
+}
+
+
+@pytest.mark.parametrize("body", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_a_2xx_body_that_is_not_import_information_counts_as_invalid_response(
+    httpserver: HTTPServer, elevate: ExporterFor, body: bytes
+) -> None:
+    httpserver.expect_oneshot_request(PATH).respond_with_data(
+        body, status=200, content_type="application/json"
+    )
+    httpserver.expect_request(PATH).respond_with_json(answer("WAITING"))
+    exporter = elevate(retries="2")
+
+    result = scrape(exporter.url)
+    assert errors(result, "invalid_response") == 1
+    assert requests_with(result, "200") == 1  # not retried: the same answer would come back
+    assert result.value("elevate_import_poll_success", id=ID) == 0
+    assert result.current_status(ID) is None
+    assert result.value("elevate_import_up") == 0
+
+    after = scrape(exporter.url)
+    assert after.current_status(ID) == "WAITING"
+    assert after.value("elevate_import_up") == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(404, "cluster_not_found"), (400, "client_error"), (401, "client_error")],
+)
+def test_a_4xx_is_counted_by_its_reason_and_not_retried(
+    httpserver: HTTPServer, elevate: ExporterFor, status: int, reason: str
+) -> None:
+    httpserver.expect_request(PATH).respond_with_data("no", status=status)
+    result = scrape(elevate(retries="3").url)
+    assert len(httpserver.log) == 1
+    assert errors(result, reason) == 1
+    assert requests_with(result, str(status)) == 1
+
+
+def test_a_redirect_is_not_followed_so_the_key_never_goes_elsewhere(
+    httpserver: HTTPServer, elevate: ExporterFor
+) -> None:
+    httpserver.expect_request(PATH).respond_with_data(
+        "", status=302, headers={"Location": httpserver.url_for("/elsewhere")}
+    )
+    httpserver.expect_request("/elsewhere").respond_with_json(answer())
+    result = scrape(elevate().url)
+    assert [request.path for request, _ in httpserver.log] == [PATH]
+    assert errors(result, "unexpected_status") == 1
+    assert result.value("elevate_import_poll_success", id=ID) == 0
+
+
+def test_a_v4_style_answer_with_a_numeric_id_beyond_2_to_the_53_is_matched_exactly(
+    httpserver: HTTPServer, elevate: ExporterFor
+) -> None:
+    # 5537431447739019570 is not representable as a float; parsing through float
+    # would turn it into ...9568 and the answer would not match the id asked for.
+    body = b'{"id": 5537431447739019570, "reason": "Feed rejected", "status": "FAILURE"}'
+    httpserver.expect_request(PATH).respond_with_data(body, content_type="application/json")
+    result = scrape(elevate().url)
+    assert result.current_status(ID) == "FAILURE"
+    assert result.value("elevate_import_info", id=ID, type="", message="Feed rejected") == 1
+
+
+def test_a_long_message_is_cut_to_200_characters(
+    httpserver: HTTPServer, elevate: ExporterFor
+) -> None:
+    httpserver.expect_request(PATH).respond_with_json(answer("FAILURE", message="é" * 500))
+    result = scrape(elevate().url)
+    assert result.value("elevate_import_info", id=ID, type="PRODUCTS", message="é" * 200) == 1
+
+
+def test_a_final_status_is_kept_even_when_the_api_later_breaks(
+    httpserver: HTTPServer, elevate: ExporterFor
+) -> None:
+    httpserver.expect_oneshot_request(PATH).respond_with_json(answer("ABORTED"))
+    httpserver.expect_request(PATH).respond_with_data("down", status=503)
+    exporter = elevate()
+    scrape(exporter.url)
+    result = scrape(exporter.url)
+    assert len(httpserver.log) == 1
+    assert result.current_status(ID) == "ABORTED"
+    assert result.value("elevate_import_poll_success", id=ID) == 1
+    assert result.value("elevate_import_up") == 1
