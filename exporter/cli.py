@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import click
 
@@ -170,6 +171,7 @@ def run(**options: Any) -> None:
     settings = _settings(api_key=os.environ.get("ELEVATE_API_KEY"), **options)
     logs.configure(settings.log_level, settings.log_format, [settings.api_key.reveal()])
     exporter = _start(settings)
+    _warn_if_key_goes_in_clear(settings.base_url)
     log.info(
         "serving metrics at %s%s for %d import ids (Elevate at %s)",
         exporter.url,
@@ -295,6 +297,12 @@ def _settings(**options: Any) -> Settings:
         return load_settings(**options)
     except ConfigError as exc:
         raise SetupError(str(exc)) from None
+
+
+def _warn_if_key_goes_in_clear(base_url: str) -> None:
+    host = urlsplit(base_url).hostname or ""
+    if base_url.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
+        log.warning("the API key goes to %s unencrypted: use an https:// base URL", host)
 
 
 def _start(settings: Settings) -> Exporter:
