@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import click
+from click.core import ParameterSource
 
 from exporter import __version__, logs
 from exporter.config import (
@@ -53,9 +54,12 @@ class SetupError(click.ClickException):
     exit_code = 2
 
 
-def _split_ids(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[str]:
-    # ELEVATE_IMPORT_IDS may separate ids with commas as well as spaces.
-    return [part for value in values for part in re.split(r"[\s,]+", value) if part]
+def _split_ids(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    # ELEVATE_IMPORT_IDS may separate ids with commas as well as spaces; a flag takes
+    # one id as it is, so that a bad one is refused rather than split or dropped.
+    if param.name and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+        return [part for value in values for part in re.split(r"[\s,]+", value) if part]
+    return list(values)
 
 
 def _option(*decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -113,6 +113,7 @@ class ElevateClient:
         on_request: Callable[[Request], None] = lambda _request: None,
     ) -> None:
         self._prefix = f"{base_url.rstrip('/')}/api/v2/import/status/"
+        self._key = api_key.reveal()
         self._timeout = timeout
         self._retries = retries
         self._on_request = on_request
@@ -179,7 +180,7 @@ class ElevateClient:
         status = response.status_code
         if 200 <= status < 300:
             try:
-                info = parse_import_info(body, import_id)
+                info = parse_import_info(body.replace(self._key.encode(), b"<redacted>"), import_id)
             except ValueError as exc:
                 raise self._failed("invalid_response", code, started, str(exc)) from None
             self._on_request(Request(code, time.perf_counter() - started, None))
@@ -199,6 +200,8 @@ class ElevateClient:
         retry_after: float | None = None,
     ) -> ApiError:
         self._on_request(Request(code, time.perf_counter() - started, reason))
+        # A proxy or an error page may echo request headers back.
+        detail = detail.replace(self._key, "<redacted>")
         return ApiError(reason, detail, code=code, retry_after=retry_after)
 
 

@@ -23,8 +23,8 @@ def _fields(record: logging.LogRecord) -> dict[str, str]:
         "logger": record.name,
         "msg": record.getMessage(),
     }
-    if record.exc_info:
-        fields["error"] = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        fields["error"] = record.exc_text
     return fields
 
 
@@ -52,12 +52,18 @@ class RedactingFilter(logging.Filter):
         self._secrets = [s for s in secrets if s]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in self._secrets):
-            for secret in self._secrets:
-                message = message.replace(secret, "<redacted>")
-            record.msg, record.args = message, None
+        record.msg, record.args = self._redact(record.getMessage()), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
         return True
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
 
 
 def configure(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:

@@ -7,12 +7,14 @@ its result, so concurrent scrapes never multiply the requests sent to Elevate.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from exporter.client import (
     ERROR_REASONS,
@@ -26,6 +28,7 @@ from exporter.client import (
 from exporter.ids import TrackedIds
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Prometheus' default buckets suit request latencies from a few ms to the timeout.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -98,6 +101,46 @@ class Snapshot:
     api: ApiStats
 
 
+class _Workers:
+    """A fixed set of daemon threads that run status queries.
+
+    ThreadPoolExecutor's workers are joined at interpreter exit, so a request stuck
+    on a hung connection would hold up a SIGTERM until its timeout; daemon threads
+    do not.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._tasks: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ]
+        self._tasks = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"elevate-poll-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._tasks.put((future, function, args))
+        return future
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            future, function, args = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(*args))
+            except BaseException as error:  # handed to the round, which logs it
+                future.set_exception(error)
+
+
 @dataclass
 class _Round:
     done: threading.Event = field(default_factory=threading.Event)
@@ -117,7 +160,7 @@ class Poller:
         self._ids = ids
         self._stats = stats
         self._clock = clock
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="elevate-poll")
+        self._workers = _Workers(concurrency)
         self._lock = threading.Lock()
         self._running: _Round | None = None
         # Replaced, never mutated, so a snapshot is a reference taken under the lock.
@@ -126,7 +169,7 @@ class Poller:
         self._sync_ids()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._workers.stop()
         self._client.close()
 
     def snapshot(self) -> Snapshot:
@@ -172,7 +215,7 @@ class Poller:
         pending = self._sync_ids()
         stop = threading.Event()
         futures: dict[Future[ImportInfo], str] = {
-            self._executor.submit(self._query, import_id, deadline, stop): import_id
+            self._workers.submit(self._query, import_id, deadline, stop): import_id
             for import_id in pending
         }
         done, _late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))

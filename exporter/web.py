@@ -93,7 +93,8 @@ class Exporter:
 
     def serve_forever(self) -> None:
         self.ready.set()
-        self._server.serve_forever()
+        # The interval bounds how long stop() waits for the loop to notice.
+        self._server.serve_forever(poll_interval=0.05)
 
     def start(self) -> None:
         """Serve from a background thread (tests, the demo)."""
