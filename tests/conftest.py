@@ -1,0 +1,171 @@
+"""Fixtures shared by the tests: a simulated Elevate API and exporters pointed at it.
+
+``exporter_for`` runs the exporter in-process (fast, for HTTP-level checks);
+``exporter_process`` runs ``python -m exporter run`` as a real process, for what
+only a process shows: exit status, signals, stderr, environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.config import load_settings
+from exporter.simulator import Simulator
+from exporter.web import Exporter
+from tests.support import free_port, wait_until
+
+SIM_KEY = "sim-key"
+REPO = Path(__file__).resolve().parent.parent
+
+# Every environment variable the exporter reads: a test starts from none of them,
+# whatever the shell that runs pytest has set.
+EXPORTER_ENV = (
+    "ELEVATE_CLUSTER_ID",
+    "ELEVATE_BASE_URL",
+    "ELEVATE_API_KEY",
+    "ELEVATE_API_KEY_FILE",
+    "ELEVATE_IMPORT_IDS",
+    "ELEVATE_IMPORT_IDS_FILE",
+    "ELEVATE_CONCURRENCY",
+    "ELEVATE_TIMEOUT",
+    "ELEVATE_RETRIES",
+    "ELEVATE_EXPORTER_LISTEN_ADDRESS",
+    "ELEVATE_EXPORTER_TELEMETRY_PATH",
+    "ELEVATE_EXPORTER_LOG_LEVEL",
+    "ELEVATE_EXPORTER_LOG_FORMAT",
+)
+
+ExporterFor = Callable[..., Exporter]
+
+
+@pytest.fixture
+def simulator() -> Iterator[Simulator]:
+    """A running simulated API with no scripted imports (add them with ``add_import``)."""
+    with Simulator(api_key=SIM_KEY) as sim:
+        yield sim
+
+
+@pytest.fixture
+def exporter_for() -> Iterator[ExporterFor]:
+    """``exporter_for(base_url, ids=(), **load_settings options)``: a started in-process exporter.
+
+    The key defaults to the simulator's, the address to a free loopback port; every
+    exporter started is stopped after the test.
+    """
+    started: list[Exporter] = []
+
+    def start(base_url: str, ids: Iterable[str] = (), **options: Any) -> Exporter:
+        options.setdefault("api_key", SIM_KEY)
+        options.setdefault("listen_address", "127.0.0.1:0")
+        exporter = Exporter(load_settings(base_url=base_url, import_ids=list(ids), **options))
+        started.append(exporter)
+        exporter.start()
+        return exporter
+
+    yield start
+    for exporter in reversed(started):
+        exporter.stop()
+
+
+def exporter_env(**overrides: str) -> dict[str, str]:
+    """The test process' environment without any exporter variable, plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if k not in EXPORTER_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class ExporterProcess:
+    """``python -m exporter run`` in a child process; stderr goes to a file, read at will."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    stderr_path: Path
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def get(self, path: str, **headers: str) -> tuple[int, str]:
+        request = urllib.request.Request(self.url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode("utf-8")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode("utf-8", "replace")
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"the exporter exited with {self.process.returncode}:\n{self.stderr()}")
+            try:
+                return self.get("/-/ready")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout=timeout, what=f"the exporter at {self.url} to be ready")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+ExporterProcessFor = Callable[..., ExporterProcess]
+
+
+@pytest.fixture
+def exporter_process(tmp_path: Path) -> Iterator[ExporterProcessFor]:
+    """``exporter_process(*run_args, env={...}, wait=True)``: ``run`` on a free loopback port.
+
+    ``env`` holds the exporter variables to set (the key among them); without a
+    listen address in the arguments or ``env`` the process gets a free loopback port.
+    """
+    started: list[ExporterProcess] = []
+
+    def start(
+        *args: str, env: Mapping[str, str] | None = None, wait: bool = True
+    ) -> ExporterProcess:
+        argv = list(args)
+        variables = dict(env or {})
+        if "--web.listen-address" in argv:
+            address = argv[argv.index("--web.listen-address") + 1]
+        elif "ELEVATE_EXPORTER_LISTEN_ADDRESS" in variables:
+            address = variables["ELEVATE_EXPORTER_LISTEN_ADDRESS"]
+        else:
+            address = f"127.0.0.1:{free_port()}"
+            argv += ["--web.listen-address", address]
+        stderr_path = tmp_path / f"exporter-{len(started)}.stderr"
+        with stderr_path.open("wb") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "exporter", "run", *argv],
+                env=exporter_env(**variables),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        proc = ExporterProcess(process, f"http://{address}", stderr_path)
+        started.append(proc)
+        if wait:
+            proc.wait_ready()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
