@@ -1,0 +1,367 @@
+"""The shipped alert rules, their promtool unit tests, the runbook and the examples.
+
+promtool and amtool check the files; the unit tests in prometheus/alerts_test.yml
+prove each alert's timing; a real Alertmanager proves the example's inhibition.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import free_port, need_tool, wait_until
+from tests.test_dashboard import CONTRACT_LABELS, PROMETHEUS_LABELS, TARGET_LABELS, read_promql
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = REPO / "prometheus" / "alerts.yml"
+RULE_TESTS = REPO / "prometheus" / "alerts_test.yml"
+PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
+ALERTMANAGER_CONFIG = REPO / "prometheus" / "alertmanager.yml"
+RUNBOOK = REPO / "docs" / "runbook.md"
+RUNBOOK_URL = (
+    "https://github.com/elevate-import-exporter/elevate-import-exporter/blob/main/docs/runbook.md"
+)
+JOB = "elevate-import-exporter"
+
+ALERTS = (
+    "ElevateImportFailed",
+    "ElevateImportAborted",
+    "ElevateImportStuck",
+    "ElevateImportNotFound",
+    "ElevateApiKeyRejected",
+    "ElevateApiServerErrors",
+    "ElevateApiUnreachable",
+    "ElevateExporterDown",
+)
+IMPORT_ALERTS = ALERTS[:4]
+
+
+def load_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+@pytest.fixture(scope="module")
+def rules() -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for rule in load_rules()}
+
+
+# -- the real tools ---------------------------------------------------------------------
+
+
+def test_promtool_accepts_the_rules_with_every_lint_fatal() -> None:
+    result = run(need_tool("promtool"), "check", "rules", "--lint=all", "--lint-fatal", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
+
+
+def test_the_promtool_unit_tests_of_every_alert_pass() -> None:
+    result = run(need_tool("promtool"), "test", "rules", str(RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_accepts_the_example_prometheus_config() -> None:
+    result = run(need_tool("promtool"), "check", "config", str(PROMETHEUS_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout
+
+
+def test_amtool_accepts_the_example_alertmanager_config() -> None:
+    result = run(need_tool("amtool"), "check-config", str(ALERTMANAGER_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 inhibit rules" in result.stdout
+
+
+# -- the rules as data ------------------------------------------------------------------
+
+
+def test_the_rules_are_exactly_the_alerts_of_the_issue(rules: dict[str, dict[str, Any]]) -> None:
+    assert sorted(rules) == sorted(ALERTS)
+    assert len(load_rules()) == len(ALERTS), "no duplicate or recording rules"
+
+
+def test_every_alert_has_severity_a_static_summary_a_description_and_a_runbook(
+    rules: dict[str, dict[str, Any]],
+) -> None:
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in {"critical", "warning"}, name
+        annotations = rule["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}, name
+        # A summary with template parts would split the alert's notification group.
+        assert "{{" not in annotations["summary"], name
+        assert "{{" in annotations["description"], name
+        assert annotations["runbook_url"] == f"{RUNBOOK_URL}#{name.lower()}"
+
+
+def test_every_runbook_url_points_at_a_runbook_section_that_explains_the_alert(
+    rules: dict[str, dict[str, Any]],
+) -> None:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    sections = {
+        github_anchor(m.group(1)): m.group(2)
+        for m in re.finditer(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    }
+    for name, rule in rules.items():
+        anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
+        assert anchor in sections, f"docs/runbook.md has no section for #{anchor}"
+        for part in ("**What it means.**", "**First checks.**", "**How to clear it.**"):
+            assert part in sections[anchor], f"{name}: runbook section lacks {part}"
+
+
+def test_import_alerts_describe_the_import_by_id_and_type(
+    rules: dict[str, dict[str, Any]],
+) -> None:
+    for name in IMPORT_ALERTS:
+        description = rules[name]["annotations"]["description"]
+        assert "$labels.id" in description, name
+    for name in ("ElevateImportFailed", "ElevateImportAborted", "ElevateImportStuck"):
+        assert "$labels.type" in rules[name]["annotations"]["description"], name
+    for name in ("ElevateImportFailed", "ElevateImportAborted"):
+        assert "$labels.message" in rules[name]["annotations"]["description"], name
+        # The message comes from elevate_import_info, joined on the id.
+        expr = rules[name]["expr"]
+        assert "group_left (message)" in expr
+        assert "elevate_import_info" in expr
+
+
+def test_rules_name_only_metrics_and_labels_of_the_contract(
+    rules: dict[str, dict[str, Any]],
+) -> None:
+    for name, rule in rules.items():
+        reading = read_promql(rule["expr"])
+        for selector in reading.selectors:
+            if selector.metric in PROMETHEUS_LABELS:
+                known = PROMETHEUS_LABELS[selector.metric] or frozenset()
+            else:
+                assert selector.metric in CONTRACT_LABELS, (name, selector.metric)
+                known = CONTRACT_LABELS[selector.metric] | TARGET_LABELS
+            assert set(selector.matchers) <= known, (name, selector.metric)
+            # A counter is only meaningful as a rate or an increase.
+            if selector.metric.endswith("_total"):
+                assert selector.function in {"rate", "increase"}, name
+
+
+def test_the_stuck_clock_does_not_restart_on_status_transitions(
+    rules: dict[str, dict[str, Any]],
+) -> None:
+    expr = rules["ElevateImportStuck"]["expr"]
+    metrics = {s.metric for s in read_promql(expr).selectors}
+    assert "elevate_import_first_seen_timestamp_seconds" in metrics
+    assert "elevate_import_last_status_change_timestamp_seconds" not in metrics
+    assert 'status=~"WAITING|BLOCKED|IN_PROGRESS"' in expr
+
+
+def test_ElevateExporterDown_watches_the_job_of_the_example_scrape_config(
+    rules: dict[str, dict[str, Any]],
+) -> None:
+    reading = read_promql(rules["ElevateExporterDown"]["expr"])
+    assert {s.metric for s in reading.selectors} == {"up"}
+    assert {s.matchers["job"] for s in reading.selectors} == {("=", JOB)}
+    assert "absent(" in rules["ElevateExporterDown"]["expr"]
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == JOB
+    assert config["rule_files"] == ["alerts.yml"]
+
+
+def _seconds(duration: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smh])", duration))
+
+
+def test_the_example_scrape_timeout_leaves_the_exporter_time_to_answer() -> None:
+    (job,) = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))["scrape_configs"]
+    # The exporter stops polling half a second before the timeout it is sent.
+    assert 1 < _seconds(job["scrape_timeout"]) < _seconds(job["scrape_interval"])
+
+
+def test_a_single_403_cannot_last_as_long_as_ElevateApiKeyRejected_waits(
+    rules: dict[str, dict[str, Any]],
+) -> None:
+    rule = rules["ElevateApiKeyRejected"]
+    (selector,) = read_promql(rule["expr"]).selectors
+    assert selector.function == "increase"
+    assert selector.range is not None
+    assert _seconds(rule["for"]) > _seconds(selector.range)
+
+
+def test_every_threshold_is_listed_in_the_header_of_the_rules_file(
+    rules: dict[str, dict[str, Any]],
+) -> None:
+    text = RULES.read_text(encoding="utf-8")
+    header = text[: text.index("groups:")]
+    for name, rule in rules.items():
+        if "for" in rule:
+            # The header line of the alert, or the line right after it, names the value.
+            section = header[header.index(f"#   {name}") :].split("\n#   Elevate")[0]
+            assert f"for: {rule['for']}" in section, name
+    stuck = re.search(r"> (\d+)\) # THRESHOLD", rules["ElevateImportStuck"]["expr"])
+    assert stuck
+    assert stuck.group(1) in header
+    share = re.search(r"> ([\d.]+) # THRESHOLD", rules["ElevateApiServerErrors"]["expr"])
+    assert share
+    assert share.group(1) in header
+    # Every line marked THRESHOLD is in a rule the header lists.
+    assert text.count("# THRESHOLD") == sum("for" in r for r in rules.values()) + 2
+
+
+def test_every_alert_has_a_unit_test_that_fires_and_one_that_stays_quiet() -> None:
+    tests = yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))["tests"]
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for case in tests:
+        for check in case["alert_rule_test"]:
+            (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
+            for alert in check.get("exp_alerts") or []:
+                # Firing cases check the rendered annotations, not just the labels.
+                assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
+                assert "{{" not in alert["exp_annotations"]["description"]
+    assert fired == set(ALERTS)
+    assert quiet == set(ALERTS)
+
+
+# -- the Alertmanager inhibition, in a real Alertmanager -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = need_tool("prometheus-alertmanager")
+    tmp = tmp_path_factory.mktemp("alertmanager")
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text(encoding="utf-8"))
+    # Same routes and inhibition; a receiver without integrations, so nothing is sent.
+    config["receivers"] = [{"name": r["name"]} for r in config["receivers"]]
+    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (tmp / "alertmanager.log").open("w")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp / 'alertmanager.yml'}",
+            f"--storage.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ready(url), timeout=20, what="Alertmanager ready")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def _post_alerts(url: str, alerts: list[dict[str, str]]) -> None:
+    body = json.dumps([{"labels": labels} for labels in alerts]).encode()
+    request = urllib.request.Request(
+        f"{url}/api/v2/alerts", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200
+
+
+def _inhibited(url: str, alertname: str, **labels: str) -> bool | None:
+    """Whether Alertmanager holds the alert back; None while it does not know it yet."""
+    with urllib.request.urlopen(f"{url}/api/v2/alerts", timeout=5) as answer:
+        alerts = json.load(answer)
+    for alert in alerts:
+        wanted = {"alertname": alertname, **labels}
+        if all(alert["labels"].get(k) == v for k, v in wanted.items()):
+            return bool(alert["status"]["inhibitedBy"])
+    return None
+
+
+def _settles_to(url: str, expected: bool, alertname: str, **labels: str) -> None:
+    # Inhibition follows the alerts asynchronously: wait for the expected verdict.
+    wait_until(
+        lambda: _inhibited(url, alertname, **labels) is expected,
+        timeout=10,
+        what=f"{alertname} {labels} inhibited={expected}",
+    )
+
+
+def test_ElevateApiUnreachable_holds_back_the_import_alerts_of_its_exporter_only(
+    alertmanager: str,
+) -> None:
+    _post_alerts(
+        alertmanager,
+        [
+            {"alertname": "ElevateApiUnreachable", "job": JOB, "instance": "a:10025"},
+            {"alertname": "ElevateImportFailed", "job": JOB, "instance": "a:10025", "id": "1"},
+            {"alertname": "ElevateImportStuck", "job": JOB, "instance": "a:10025", "id": "2"},
+            {"alertname": "ElevateImportFailed", "job": JOB, "instance": "b:10025", "id": "3"},
+        ],
+    )
+    _settles_to(alertmanager, True, "ElevateImportFailed", instance="a:10025", id="1")
+    _settles_to(alertmanager, True, "ElevateImportStuck", instance="a:10025", id="2")
+    _settles_to(alertmanager, False, "ElevateImportFailed", instance="b:10025", id="3")
+    _settles_to(alertmanager, False, "ElevateApiUnreachable", instance="a:10025")
+
+
+def test_an_absent_exporter_target_holds_back_the_import_alerts_of_its_job(
+    alertmanager: str,
+) -> None:
+    _post_alerts(
+        alertmanager,
+        [
+            {"alertname": "ElevateExporterDown", "job": "elevate-c"},
+            {
+                "alertname": "ElevateImportNotFound",
+                "job": "elevate-c",
+                "instance": "c:1",
+                "id": "4",
+            },
+            {"alertname": "ElevateImportAborted", "job": "elevate-d", "instance": "d:1", "id": "5"},
+        ],
+    )
+    _settles_to(alertmanager, True, "ElevateImportNotFound", job="elevate-c", id="4")
+    _settles_to(alertmanager, False, "ElevateImportAborted", job="elevate-d", id="5")
+
+
+def test_a_rejected_key_holds_back_ElevateApiUnreachable(alertmanager: str) -> None:
+    _post_alerts(
+        alertmanager,
+        [
+            {"alertname": "ElevateApiKeyRejected", "job": "elevate-e", "instance": "e:1"},
+            {"alertname": "ElevateApiUnreachable", "job": "elevate-e", "instance": "e:1"},
+            {"alertname": "ElevateImportFailed", "job": "elevate-e", "instance": "e:1", "id": "6"},
+        ],
+    )
+    _settles_to(alertmanager, True, "ElevateApiUnreachable", job="elevate-e")
+    # The held-back ElevateApiUnreachable still holds back the import alerts.
+    _settles_to(alertmanager, True, "ElevateImportFailed", job="elevate-e", id="6")
+    _settles_to(alertmanager, False, "ElevateApiKeyRejected", job="elevate-e")

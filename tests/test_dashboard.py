@@ -1,0 +1,566 @@
+"""The Grafana dashboard: structure, variables, and PromQL that a real parser accepts.
+
+There is no Grafana server here, so the dashboard is checked as data: every
+panel and every query. tests/test_prometheus_end_to_end.py then runs every query
+against a real Prometheus that scraped the real exporter.
+
+The small PromQL reader below is only good enough to find selectors, their
+label matchers and the function around them; whether an expression is valid
+PromQL is left to promtool, which runs Prometheus' own parser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import need_tool
+
+REPO = Path(__file__).resolve().parent.parent
+DASHBOARD_PATH = REPO / "grafana" / "elevate-imports.json"
+README_URL = "https://github.com/elevate-import-exporter/elevate-import-exporter#readme"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+STATUSES = ("NOT_FOUND", "WAITING", "BLOCKED", "IN_PROGRESS", "SUCCESS", "FAILURE", "ABORTED")
+
+# The metric names and labels of docs/contract.md (histogram series spelled out),
+# plus the two series Prometheus makes itself. Prometheus adds job and instance.
+CONTRACT_LABELS: dict[str, frozenset[str]] = {
+    "elevate_import_status": frozenset({"id", "type", "status"}),
+    "elevate_import_info": frozenset({"id", "type", "message"}),
+    "elevate_import_first_seen_timestamp_seconds": frozenset({"id"}),
+    "elevate_import_last_status_change_timestamp_seconds": frozenset({"id"}),
+    "elevate_import_poll_success": frozenset({"id"}),
+    "elevate_import_tracked_imports": frozenset(),
+    "elevate_import_up": frozenset(),
+    "elevate_import_scrape_duration_seconds": frozenset(),
+    "elevate_import_api_requests_total": frozenset({"code"}),
+    "elevate_import_api_errors_total": frozenset({"reason"}),
+    "elevate_import_api_request_duration_seconds_bucket": frozenset({"le"}),
+    "elevate_import_api_request_duration_seconds_sum": frozenset(),
+    "elevate_import_api_request_duration_seconds_count": frozenset(),
+    "elevate_import_exporter_build_info": frozenset({"version", "python_version"}),
+}
+TARGET_LABELS = frozenset({"job", "instance"})
+PROMETHEUS_LABELS: dict[str, frozenset[str] | None] = {
+    "up": TARGET_LABELS,
+    "ALERTS": None,  # carries whatever labels the alerts have
+}
+
+# What Grafana would put in for the variables when checking that queries parse.
+PARSE_VALUES = {
+    "datasource": "prometheus",
+    "job": ".+",
+    "instance": ".+",
+    "type": ".*",
+    "id": ".+",
+    "__rate_interval": "1m",
+}
+
+
+# -- reading PromQL ----------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""
+      (?P<space>\s+)
+    | (?P<comment>\#[^\n]*)
+    | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
+    | (?P<range>\[[^\]]*\])
+    | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+    | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
+    | (?P<op>=~|!~|!=|==|>=|<=|[-+*/%^<>=(){},@])
+    """,
+    re.VERBOSE,
+)
+_LABEL_LIST_KEYWORDS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
+_KEYWORDS = _LABEL_LIST_KEYWORDS | {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"}
+_AGGREGATIONS = frozenset(
+    {
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A vector selector: metric name, matchers, range, and the function it sits in."""
+
+    metric: str
+    matchers: Mapping[str, tuple[str, str]]
+    range: str | None
+    function: str | None
+
+
+@dataclass(frozen=True)
+class Reading:
+    selectors: tuple[Selector, ...]
+    grouping_labels: frozenset[str]  # labels named in by/without/on/ignoring/group_*
+    ranges: tuple[str, ...]
+
+
+def tokens(expr: str) -> list[Token]:
+    found: list[Token] = []
+    pos = 0
+    while pos < len(expr):
+        match = _TOKEN.match(expr, pos)
+        if match is None:
+            raise ValueError(f"cannot read PromQL at {expr[pos : pos + 20]!r} in {expr!r}")
+        kind = match.lastgroup
+        assert kind is not None
+        if kind not in {"space", "comment"}:
+            found.append(Token(kind, match.group()))
+        pos = match.end()
+    return found
+
+
+def _unquote(text: str) -> str:
+    if text.startswith("`"):
+        return text[1:-1]
+    return re.sub(r"\\(.)", r"\1", text[1:-1])
+
+
+def _matchers(toks: list[Token], start: int) -> tuple[dict[str, tuple[str, str]], int]:
+    """Read ``{label op "value", ...}`` from toks[start] (a ``{``); return matchers, next index."""
+    found: dict[str, tuple[str, str]] = {}
+    i = start + 1
+    while toks[i].text != "}":
+        if toks[i].text == ",":
+            i += 1
+            continue
+        label, op, value = toks[i], toks[i + 1], toks[i + 2]
+        if label.kind != "ident" or op.kind != "op" or value.kind != "string":
+            raise ValueError(f"unexpected matcher {label.text}{op.text}{value.text}")
+        found[label.text] = (op.text, _unquote(value.text))
+        i += 3
+    return found, i + 1
+
+
+def read_promql(expr: str) -> Reading:
+    toks = tokens(expr)
+    selectors: list[Selector] = []
+    grouping: set[str] = set()
+    ranges: list[str] = []
+    # One entry per open parenthesis: the function it calls, "" for plain grouping,
+    # or None for a label list after by/without/on/ignoring/group_left/group_right.
+    stack: list[str | None] = []
+    pending_call: str | None = None
+    i = 0
+    while i < len(toks):
+        tok = toks[i]
+        nxt = toks[i + 1] if i + 1 < len(toks) else None
+        if tok.kind == "range":
+            ranges.append(tok.text[1:-1])
+        elif tok.text == "(":
+            if i > 0 and toks[i - 1].text in _LABEL_LIST_KEYWORDS:
+                stack.append(None)
+            else:
+                stack.append(pending_call or "")
+                pending_call = None
+        elif tok.text == ")":
+            stack.pop()
+        elif tok.kind == "ident" and stack and stack[-1] is None:
+            grouping.add(tok.text)
+        elif tok.kind == "ident" and tok.text in _KEYWORDS:
+            pass
+        elif tok.kind == "ident" and nxt is not None and nxt.text == "(":
+            pending_call = tok.text
+        elif tok.kind == "ident" and tok.text in _AGGREGATIONS and nxt is not None:
+            pending_call = tok.text  # `sum by (x) (...)`: the call's parenthesis comes later
+        elif tok.kind == "ident" or tok.text == "{":
+            metric = tok.text if tok.kind == "ident" else ""
+            matchers: dict[str, tuple[str, str]] = {}
+            j = i + 1 if tok.kind == "ident" else i
+            if j < len(toks) and toks[j].text == "{":
+                matchers, j = _matchers(toks, j)
+            if "__name__" in matchers:
+                metric = matchers.pop("__name__")[1]
+            selector_range = None
+            if j < len(toks) and toks[j].kind == "range":
+                selector_range = toks[j].text[1:-1]
+                ranges.append(selector_range)
+                j += 1
+            function = next((f for f in reversed(stack) if f), None) if stack else None
+            innermost = stack[-1] if stack else None
+            selectors.append(Selector(metric, matchers, selector_range, innermost or function))
+            i = j
+            continue
+        i += 1
+    if stack:
+        raise ValueError(f"unbalanced parentheses in {expr!r}")
+    return Reading(tuple(selectors), frozenset(grouping), tuple(ranges))
+
+
+def substitute(expr: str, values: Mapping[str, str]) -> str:
+    """Put values in for Grafana's $var and ${var}; an unknown variable is an error."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in values:
+            raise KeyError(f"unknown variable ${name} in {expr!r}")
+        return values[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+# -- the dashboard's queries ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    where: str  # e.g. "panel 'Tracked imports' target A"
+    expr: str
+    instant: bool
+
+
+def load_dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD_PATH.read_text(encoding="utf-8"))
+    return loaded
+
+
+def panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # panels inside collapsed rows
+
+
+def panel_queries(dashboard: Mapping[str, Any]) -> list[Query]:
+    return [
+        Query(f"panel {p['title']!r} target {t['refId']}", t["expr"], bool(t.get("instant")))
+        for p in panels(dashboard)
+        for t in p.get("targets", [])
+    ]
+
+
+def annotation_queries(dashboard: Mapping[str, Any]) -> list[Query]:
+    return [
+        Query(f"annotation {a['name']!r}", a["expr"], True)
+        for a in dashboard["annotations"]["list"]
+        if "expr" in a
+    ]
+
+
+def query_variables(dashboard: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+
+
+_LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$", re.DOTALL)
+
+
+def variable_query(variable: Mapping[str, Any]) -> tuple[str, str]:
+    """The selector and the label of a ``label_values(selector, label)`` variable."""
+    query = variable["query"]
+    text = query["query"] if isinstance(query, dict) else query
+    match = _LABEL_VALUES.match(text.strip())
+    assert match, f"variable {variable['name']} is not a label_values() query: {text!r}"
+    return match.group("selector"), match.group("label")
+
+
+def promtool_parses(exprs: Mapping[str, str], tmp_path: Path) -> None:
+    """Fail unless Prometheus' parser (through promtool) accepts every expression."""
+    promtool = need_tool("promtool")
+    rules = [
+        {"record": f"dashboard_query_{n}", "expr": expr} for n, expr in enumerate(exprs.values())
+    ]
+    path = tmp_path / "queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    names = "\n".join(f"dashboard_query_{n}: {where}" for n, where in enumerate(exprs))
+    assert result.returncode == 0, f"{result.stdout}{result.stderr}\nwhich is:\n{names}"
+
+
+# -- the tests -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    return load_dashboard()
+
+
+def test_the_dashboard_is_classic_json_with_a_fixed_uid_for_grafana_10_4(
+    dashboard: dict[str, Any],
+) -> None:
+    assert dashboard["schemaVersion"] == 39
+    assert re.fullmatch(r"[a-z0-9-]{1,40}", dashboard["uid"])
+    assert dashboard["editable"] is False
+    assert dashboard["id"] is None, "an id would clash with the importing Grafana's own"
+    assert dashboard["title"]
+    assert dashboard["description"]
+    assert {"elevate", "elevate-import-exporter"} <= set(dashboard["tags"])
+
+
+def test_the_dashboard_links_to_the_project_readme(dashboard: dict[str, Any]) -> None:
+    assert README_URL in [link["url"] for link in dashboard["links"]]
+
+
+def test_the_datasource_variable_offers_prometheus_data_sources(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+
+
+def test_job_instance_type_and_id_are_chained_multi_value_query_variables(
+    dashboard: dict[str, Any],
+) -> None:
+    variables = {v["name"]: v for v in query_variables(dashboard)}
+    assert list(variables) == ["job", "instance", "type", "id"]
+    for name, variable in variables.items():
+        assert variable["datasource"] == DATASOURCE, name
+        assert variable["multi"] is True, name
+        assert variable["includeAll"] is True, name
+        assert variable["refresh"] == 2, f"{name} must refresh on time range change"
+        selector, label = variable_query(variable)
+        assert label == name
+        reading = read_promql(selector)
+        (only,) = reading.selectors
+        assert only.metric in CONTRACT_LABELS
+        assert label in CONTRACT_LABELS[only.metric] | TARGET_LABELS
+        # Each variable narrows by the ones before it.
+        earlier = list(variables)[: list(variables).index(name)]
+        assert {m: v for m, (_, v) in only.matchers.items()} == {e: f"${e}" for e in earlier}
+    # type is "" for imports of Admin API v4; ".+" would hide them under All.
+    assert variables["type"]["allValue"] == ".*"
+    for name in ("job", "instance", "id"):
+        assert variables[name]["allValue"] == ".+"
+
+
+def test_every_panel_uses_the_datasource_variable(dashboard: dict[str, Any]) -> None:
+    for panel in panels(dashboard):
+        assert panel["datasource"] == DATASOURCE, panel["title"]
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"] == DATASOURCE, panel["title"]
+    for annotation in dashboard["annotations"]["list"]:
+        assert annotation["datasource"] == DATASOURCE
+
+
+def test_every_panel_has_a_title_a_description_and_a_unit_or_value_mappings(
+    dashboard: dict[str, Any],
+) -> None:
+    for panel in panels(dashboard):
+        assert panel["title"].strip()
+        assert len(panel["description"]) > 20, panel["title"]
+        defaults = panel["fieldConfig"]["defaults"]
+        overridden = {
+            prop["id"]
+            for override in panel["fieldConfig"]["overrides"]
+            for prop in override["properties"]
+        }
+        assert (
+            defaults.get("unit") or defaults.get("mappings") or {"unit", "mappings"} & overridden
+        ), panel["title"]
+
+
+def test_panels_do_not_overlap_and_fit_in_24_columns(dashboard: dict[str, Any]) -> None:
+    taken: dict[tuple[int, int], str] = {}
+    ids = [p["id"] for p in panels(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels(dashboard):
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0
+        assert grid["y"] >= 0
+        assert grid["w"] > 0
+        assert grid["h"] > 0
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{panel['title']!r} overlaps {taken[(x, y)]!r}"
+                taken[(x, y)] = panel["title"]
+
+
+def test_the_panels_the_issue_asks_for_are_there(dashboard: dict[str, Any]) -> None:
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for panel in panels(dashboard):
+        by_type.setdefault(panel["type"], []).append(panel)
+    exprs = " ".join(q.expr for q in panel_queries(dashboard))
+    assert any("elevate_import_status" in q["expr"] for p in by_type["stat"] for q in p["targets"])
+    assert any(
+        "elevate_import_tracked_imports" in q["expr"] for p in by_type["stat"] for q in p["targets"]
+    )
+    (table,) = by_type["table"]
+    assert "elevate_import_info" in table["targets"][0]["expr"]
+    assert "elevate_import_last_status_change_timestamp_seconds" in table["targets"][0]["expr"]
+    assert any(
+        "elevate_import_status" in p["targets"][0]["expr"] for p in by_type["state-timeline"]
+    )
+    assert "rate(elevate_import_api_requests_total" in exprs
+    assert 'reason=~"forbidden|server_error"' in exprs
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({quantile}, " in exprs
+    assert "elevate_import_up{" in exprs
+    assert "elevate_import_scrape_duration_seconds{" in exprs
+
+
+def _override(panel: Mapping[str, Any], field: str, prop: str) -> Any:
+    for override in panel["fieldConfig"]["overrides"]:
+        if override["matcher"] == {"id": "byName", "options": field}:
+            for item in override["properties"]:
+                if item["id"] == prop:
+                    return item["value"]
+    raise AssertionError(f"panel {panel['title']!r} has no {prop} override for {field}")
+
+
+def _mapped(mappings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        key: option
+        for mapping in mappings
+        if mapping["type"] == "value"
+        for key, option in mapping["options"].items()
+    }
+
+
+def test_the_table_lists_id_type_coloured_status_message_and_since_when(
+    dashboard: dict[str, Any],
+) -> None:
+    (table,) = [p for p in panels(dashboard) if p["type"] == "table"]
+    (target,) = table["targets"]
+    assert target["format"] == "table"
+    assert target["instant"] is True
+    grouping = read_promql(target["expr"]).grouping_labels
+    assert {"id", "type", "status", "message"} <= grouping
+    status_colours = _mapped(_override(table, "status", "mappings"))
+    assert set(status_colours) == set(STATUSES)
+    assert len({o["color"] for o in status_colours.values()}) == len(STATUSES)
+    assert _override(table, "status", "custom.cellOptions")["type"] == "color-background"
+    organize = next(t for t in table["transformations"] if t["id"] == "organize")["options"]
+    since = organize["renameByName"]["Value"]
+    assert _override(table, since, "unit") in {"dateTimeFromNow", "dateTimeAsIso"}
+    # Grafana's date units take milliseconds, the exporter gives seconds.
+    assert target["expr"].startswith("1000 * ")
+
+
+def test_the_state_timeline_has_one_colour_per_status(dashboard: dict[str, Any]) -> None:
+    timeline = next(p for p in panels(dashboard) if p["title"] == "Status over time")
+    assert timeline["type"] == "state-timeline"
+    options = _mapped(timeline["fieldConfig"]["defaults"]["mappings"])
+    assert [o["text"] for _, o in sorted(options.items())][: len(STATUSES)] == list(STATUSES)
+    assert len({o["color"] for o in options.values()}) == len(options)
+    # The number each status is mapped from is the one the query multiplies it by.
+    expr = timeline["targets"][0]["expr"]
+    for code, option in options.items():
+        if option["text"] in STATUSES:
+            assert f'status="{option["text"]}"}} == 1) * {code}' in expr
+
+
+def test_alert_annotations_come_from_the_elevate_ALERTS(dashboard: dict[str, Any]) -> None:
+    (query,) = annotation_queries(dashboard)
+    (selector,) = read_promql(query.expr).selectors
+    assert selector.metric == "ALERTS"
+    assert selector.matchers["alertname"] == ("=~", "Elevate.*")
+    assert selector.matchers["alertstate"] == ("=", "firing")
+
+
+def test_every_query_parses_in_prometheus(dashboard: dict[str, Any], tmp_path: Path) -> None:
+    exprs = {q.where: substitute(q.expr, PARSE_VALUES) for q in panel_queries(dashboard)}
+    exprs |= {q.where: substitute(q.expr, PARSE_VALUES) for q in annotation_queries(dashboard)}
+    for variable in query_variables(dashboard):
+        selector, _ = variable_query(variable)
+        exprs[f"variable {variable['name']}"] = substitute(selector, PARSE_VALUES)
+    promtool_parses(exprs, tmp_path)
+
+
+def test_a_broken_query_is_caught_by_the_parse_check(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="dashboard_query_0"):
+        promtool_parses({"broken": "sum by (id (elevate_import_up)"}, tmp_path)
+
+
+def test_every_selector_carries_the_job_and_instance_matchers(dashboard: dict[str, Any]) -> None:
+    for query in panel_queries(dashboard) + annotation_queries(dashboard):
+        for selector in read_promql(query.expr).selectors:
+            assert selector.matchers.get("job") == ("=~", "$job"), query.where
+            instance = selector.matchers.get("instance")
+            assert instance is not None, query.where
+            assert instance[0] == "=~", query.where
+            assert instance[1].startswith("$instance"), query.where
+
+
+def test_rates_use_the_rate_interval(dashboard: dict[str, Any]) -> None:
+    for query in panel_queries(dashboard) + annotation_queries(dashboard):
+        reading = read_promql(query.expr)
+        for selector in reading.selectors:
+            if selector.function in {"rate", "increase", "irate"}:
+                assert selector.range == "$__rate_interval", query.where
+        assert set(reading.ranges) <= {"$__rate_interval"}, query.where
+
+
+def test_counters_appear_only_inside_rate_or_increase(dashboard: dict[str, Any]) -> None:
+    for query in panel_queries(dashboard) + annotation_queries(dashboard):
+        for selector in read_promql(query.expr).selectors:
+            if selector.metric.endswith(("_total", "_bucket", "_count", "_sum")):
+                assert selector.function in {"rate", "increase"}, (query.where, selector.metric)
+
+
+def test_queries_name_only_metrics_and_labels_of_the_contract(dashboard: dict[str, Any]) -> None:
+    for query in panel_queries(dashboard) + annotation_queries(dashboard):
+        reading = read_promql(query.expr)
+        labels_in_scope: set[str] = set(TARGET_LABELS)
+        for selector in reading.selectors:
+            if selector.metric in PROMETHEUS_LABELS:
+                known = PROMETHEUS_LABELS[selector.metric]
+            else:
+                assert selector.metric in CONTRACT_LABELS, (query.where, selector.metric)
+                known = CONTRACT_LABELS[selector.metric] | TARGET_LABELS
+            if known is not None:
+                # A matcher on a label the metric lacks matches nothing (or everything).
+                assert set(selector.matchers) <= known, (query.where, selector.metric)
+                labels_in_scope |= known
+        if not any(s.metric == "ALERTS" for s in reading.selectors):
+            assert reading.grouping_labels <= labels_in_scope, query.where
+
+
+def test_the_promql_reader_finds_selectors_functions_and_labels() -> None:
+    reading = read_promql(
+        'sum by (code) (rate(a_total{job=~"$job", instance=~"x"}[5m])) '
+        '/ on (job) group_left () b{job="j"} > bool 0.2 # comment'
+    )
+    assert [(s.metric, s.function, s.range) for s in reading.selectors] == [
+        ("a_total", "rate", "5m"),
+        ("b", None, None),
+    ]
+    assert reading.selectors[0].matchers == {"job": ("=~", "$job"), "instance": ("=~", "x")}
+    assert reading.grouping_labels == {"code", "job"}
+    topk = read_promql("topk by (id) (1, elevate_import_info)").selectors[0]
+    assert topk.function == "topk"
+
+
+def test_the_provisioning_examples_load_the_dashboard_from_a_folder_and_add_prometheus() -> None:
+    provisioning = REPO / "grafana" / "provisioning"
+    dashboards = yaml.safe_load((provisioning / "dashboards.yml").read_text(encoding="utf-8"))
+    assert dashboards["apiVersion"] == 1
+    (provider,) = dashboards["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"].startswith("/")
+    datasources = yaml.safe_load((provisioning / "datasources.yml").read_text(encoding="utf-8"))
+    assert datasources["apiVersion"] == 1
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus"
+    # $__rate_interval is only right if Grafana knows how often the exporter is scraped.
+    prometheus = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text("utf-8"))
+    (job,) = prometheus["scrape_configs"]
+    assert source["jsonData"]["timeInterval"] == job["scrape_interval"]
