@@ -222,8 +222,8 @@ def demo(listen_address: str, simulator_address: str, log_level: str, log_format
             f"Elevate import exporter {__version__}: demo\n"
             f"  exporter:           {exporter.url}/   (metrics: {exporter.url}/metrics)\n"
             f"  simulated Elevate:  {simulator.url}/api/v2/import/status/{{id}}\n"
-            f"Tracking {len(ids)} imports: one succeeds, one fails, one stays in progress, "
-            f"one is aborted, one is unknown.\n"
+            f"Tracking {len(ids)} imports: two succeed, one fails, one stays in progress, "
+            f"one is aborted, one is unknown to the cluster.\n"
             f"They move over the next 30 seconds; reload the page to follow them. "
             f"Ctrl-C stops."
         )
