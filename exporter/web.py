@@ -54,7 +54,7 @@ def scrape_budget(header: str | None) -> float:
 class Exporter:
     """Everything ``run`` needs, built from :class:`Settings`; start it, then stop it."""
 
-    def __init__(self, settings: Settings, ids: TrackedIds | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         stats = RequestStats()
         client = ElevateClient(
@@ -65,8 +65,8 @@ class Exporter:
             retries=settings.retries,
             on_request=stats.record,
         )
-        tracked = ids or TrackedIds(settings.import_ids, settings.ids_file)
-        self.poller = Poller(client, tracked, stats, concurrency=settings.concurrency)
+        ids = TrackedIds(settings.import_ids, settings.ids_file)
+        self.poller = Poller(client, ids, stats, concurrency=settings.concurrency)
         self.registry = CollectorRegistry()
         self.registry.register(ImportCollector(self.poller))
         ProcessCollector(registry=self.registry)

@@ -12,17 +12,15 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from exporter.config import load_settings
 from exporter.simulator import Simulator
 from exporter.web import Exporter
-from tests.support import free_port, wait_until
+from tests.support import Exporters, free_port, wait_until
 
 SIM_KEY = "sim-key"
 REPO = Path(__file__).resolve().parent.parent
@@ -62,19 +60,9 @@ def exporter_for() -> Iterator[ExporterFor]:
     The key defaults to the simulator's, the address to a free loopback port; every
     exporter started is stopped after the test.
     """
-    started: list[Exporter] = []
-
-    def start(base_url: str, ids: Iterable[str] = (), **options: Any) -> Exporter:
-        options.setdefault("api_key", SIM_KEY)
-        options.setdefault("listen_address", "127.0.0.1:0")
-        exporter = Exporter(load_settings(base_url=base_url, import_ids=list(ids), **options))
-        started.append(exporter)
-        exporter.start()
-        return exporter
-
-    yield start
-    for exporter in reversed(started):
-        exporter.stop()
+    exporters = Exporters()
+    yield exporters.start
+    exporters.stop_all()
 
 
 def exporter_env(**overrides: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import pytest
@@ -99,19 +99,17 @@ class Exporters:
     def __init__(self) -> None:
         self._started: list[Any] = []
 
-    def start(self, base_url: str, ids: list[str], **options: Any) -> Any:
+    def start(self, base_url: str, ids: Iterable[str] = (), **options: Any) -> Any:
         from exporter.config import load_settings
         from exporter.web import Exporter
 
         options.setdefault("api_key", "sim-key")
-        settings = load_settings(
-            base_url=base_url, import_ids=ids, listen_address="127.0.0.1:0", **options
-        )
-        exporter = Exporter(settings)
-        exporter.start()
+        options.setdefault("listen_address", "127.0.0.1:0")
+        exporter = Exporter(load_settings(base_url=base_url, import_ids=list(ids), **options))
         self._started.append(exporter)
+        exporter.start()
         return exporter
 
     def stop_all(self) -> None:
-        for exporter in self._started:
+        for exporter in reversed(self._started):
             exporter.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,12 +13,12 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from exporter.web import Exporter
-from tests.support import Exporters, Scrape, free_port, scrape
+from tests.conftest import ExporterFor
+from tests.support import Scrape, free_port, scrape
 
 KEY = "k-0123456789"
 ID = "5537431447739019570"
 PATH = f"/api/v2/import/status/{ID}"
-ExporterFor = Callable[..., Exporter]
 
 
 def answer(status: str = "IN_PROGRESS", **extra: Any) -> dict[str, Any]:
@@ -26,19 +26,12 @@ def answer(status: str = "IN_PROGRESS", **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def start_exporter() -> Iterator[ExporterFor]:
-    exporters = Exporters()
-    yield exporters.start
-    exporters.stop_all()
-
-
-@pytest.fixture
-def elevate(httpserver: HTTPServer, start_exporter: ExporterFor) -> Callable[..., Exporter]:
+def elevate(httpserver: HTTPServer, exporter_for: ExporterFor) -> Callable[..., Exporter]:
     """An exporter tracking ID against the per-test server."""
 
     def start(**options: Any) -> Exporter:
         options.setdefault("api_key", KEY)
-        return start_exporter(httpserver.url_for("").rstrip("/"), [ID], **options)
+        return exporter_for(httpserver.url_for("").rstrip("/"), [ID], **options)
 
     return start
 
@@ -128,9 +121,9 @@ def test_a_429_whose_retry_after_passes_the_deadline_is_not_retried(
 
 
 def test_a_refused_connection_is_counted_as_connection_error_and_the_exporter_keeps_serving(
-    start_exporter: ExporterFor,
+    exporter_for: ExporterFor,
 ) -> None:
-    exporter = start_exporter(f"http://127.0.0.1:{free_port()}", [ID], retries="1")
+    exporter = exporter_for(f"http://127.0.0.1:{free_port()}", [ID], retries="1")
     result = scrape(exporter.url)
     assert errors(result, "connection_error") == 2
     assert requests_with(result, "connection_error") == 2

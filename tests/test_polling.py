@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from exporter.simulator import ScriptedImport, Simulator, Step
-from exporter.web import Exporter
-from tests.support import Exporters, scrape
+from tests.conftest import ExporterFor
+from tests.support import scrape
 
 KEY = "sim-key"
 CHANGED = "elevate_import_last_status_change_timestamp_seconds"
-ExporterFor = Callable[..., Exporter]
-
-
-@pytest.fixture
-def start_exporter() -> Iterator[ExporterFor]:
-    exporters = Exporters()
-    yield exporters.start
-    exporters.stop_all()
 
 
 def test_the_status_gauge_flips_from_the_old_status_to_the_new_one_when_an_import_moves_on(
-    start_exporter: ExporterFor,
+    exporter_for: ExporterFor,
 ) -> None:
     imports = [ScriptedImport("1001", (Step("IN_PROGRESS", queries=1), Step("SUCCESS")))]
     with Simulator(imports, api_key=KEY) as sim:
-        exporter = start_exporter(sim.url, ["1001"])
+        exporter = exporter_for(sim.url, ["1001"])
 
         first = scrape(exporter.url)
         assert first.current_status("1001") == "IN_PROGRESS"
@@ -55,10 +47,10 @@ def test_the_status_gauge_flips_from_the_old_status_to_the_new_one_when_an_impor
 
 
 def test_the_status_change_time_stays_put_while_the_status_does_not_change(
-    start_exporter: ExporterFor,
+    exporter_for: ExporterFor,
 ) -> None:
     with Simulator([ScriptedImport("1002", (Step("WAITING"),))], api_key=KEY) as sim:
-        exporter = start_exporter(sim.url, ["1002"])
+        exporter = exporter_for(sim.url, ["1002"])
         name = "elevate_import_last_status_change_timestamp_seconds"
         before = scrape(exporter.url).value(name, id="1002")
         after = scrape(exporter.url).value(name, id="1002")
@@ -68,7 +60,7 @@ def test_the_status_change_time_stays_put_while_the_status_does_not_change(
 
 
 def test_type_message_and_poll_success_are_published_as_the_api_reports_them(
-    start_exporter: ExporterFor,
+    exporter_for: ExporterFor,
 ) -> None:
     imports = [
         ScriptedImport("2001", (Step("FAILURE", message="Import failed."),), type="SYNONYMS"),
@@ -76,7 +68,7 @@ def test_type_message_and_poll_success_are_published_as_the_api_reports_them(
     ]
     before = time.time()
     with Simulator(imports, api_key=KEY) as sim:
-        exporter = start_exporter(sim.url, ["2001", "2002", "2003"])
+        exporter = exporter_for(sim.url, ["2001", "2002", "2003"])
         result = scrape(exporter.url)
     after = time.time()
 
@@ -100,10 +92,10 @@ def test_type_message_and_poll_success_are_published_as_the_api_reports_them(
 
 
 def test_an_undocumented_status_gets_its_own_series_at_1_beside_the_documented_ones_at_0(
-    start_exporter: ExporterFor,
+    exporter_for: ExporterFor,
 ) -> None:
     with Simulator([ScriptedImport("3001", (Step("PAUSED"),))], api_key=KEY) as sim:
-        exporter = start_exporter(sim.url, ["3001"])
+        exporter = exporter_for(sim.url, ["3001"])
         result = scrape(exporter.url)
         series = {
             dict(labels)["status"]: value
@@ -118,11 +110,11 @@ def test_an_undocumented_status_gets_its_own_series_at_1_beside_the_documented_o
 
 
 def test_a_scrape_with_a_3s_timeout_answers_in_time_though_one_id_hangs_for_30s(
-    start_exporter: ExporterFor,
+    exporter_for: ExporterFor,
 ) -> None:
     imports = [ScriptedImport(i, (Step("IN_PROGRESS"),)) for i in ("4001", "4002", "4003")]
     with Simulator(imports, api_key=KEY, hang_ids=["4002"], hang_seconds=30) as sim:
-        exporter = start_exporter(sim.url, ["4001", "4002", "4003"], timeout="10", retries="0")
+        exporter = exporter_for(sim.url, ["4001", "4002", "4003"], timeout="10", retries="0")
         started = time.monotonic()
         result = scrape(exporter.url, X_Prometheus_Scrape_Timeout_Seconds="3")
         elapsed = time.monotonic() - started
@@ -138,10 +130,10 @@ def test_a_scrape_with_a_3s_timeout_answers_in_time_though_one_id_hangs_for_30s(
 
 
 def test_a_hanging_id_keeps_its_last_known_status_with_poll_success_0(
-    start_exporter: ExporterFor,
+    exporter_for: ExporterFor,
 ) -> None:
     with Simulator([ScriptedImport("4101", (Step("BLOCKED"),))], api_key=KEY) as sim:
-        exporter = start_exporter(sim.url, ["4101"], retries="0")
+        exporter = exporter_for(sim.url, ["4101"], retries="0")
         assert scrape(exporter.url).current_status("4101") == "BLOCKED"
         sim.hang_ids.add("4101")
         result = scrape(exporter.url, X_Prometheus_Scrape_Timeout_Seconds="1.5")
@@ -160,12 +152,12 @@ def test_a_hanging_id_keeps_its_last_known_status_with_poll_success_0(
     ],
 )
 def test_a_key_or_cluster_error_stops_the_round_from_sending_more_requests(
-    start_exporter: ExporterFor, break_it: Callable[[Simulator], None], reason: str
+    exporter_for: ExporterFor, break_it: Callable[[Simulator], None], reason: str
 ) -> None:
     ids = [f"50{n:02d}" for n in range(10)]
     imports = [ScriptedImport(i, (Step("IN_PROGRESS"),)) for i in ids]
     with Simulator(imports, api_key=KEY) as sim:
-        exporter = start_exporter(sim.url, ids, concurrency="1", retries="3")
+        exporter = exporter_for(sim.url, ids, concurrency="1", retries="3")
         assert scrape(exporter.url).value("elevate_import_up") == 1
         break_it(sim)
         sim.reset_counts()
@@ -183,9 +175,9 @@ def test_a_key_or_cluster_error_stops_the_round_from_sending_more_requests(
             assert result.current_status(import_id) == "IN_PROGRESS"
 
 
-def test_a_round_recovers_when_the_key_is_accepted_again(start_exporter: ExporterFor) -> None:
+def test_a_round_recovers_when_the_key_is_accepted_again(exporter_for: ExporterFor) -> None:
     with Simulator([ScriptedImport("5101", (Step("WAITING"),))], api_key="other") as sim:
-        exporter = start_exporter(sim.url, ["5101"])
+        exporter = exporter_for(sim.url, ["5101"])
         assert scrape(exporter.url).value("elevate_import_up") == 0
         sim.api_key = KEY
         result = scrape(exporter.url)
@@ -196,10 +188,10 @@ def test_a_round_recovers_when_the_key_is_accepted_again(start_exporter: Exporte
 
 
 def test_an_exporter_with_no_ids_serves_its_own_health_and_is_up(
-    start_exporter: ExporterFor,
+    exporter_for: ExporterFor,
 ) -> None:
     with Simulator([], api_key=KEY) as sim:
-        exporter = start_exporter(sim.url, [])
+        exporter = exporter_for(sim.url, [])
         result = scrape(exporter.url)
         assert result.value("elevate_import_tracked_imports") == 0
         assert result.value("elevate_import_up") == 1
@@ -208,12 +200,12 @@ def test_an_exporter_with_no_ids_serves_its_own_health_and_is_up(
 
 
 def test_parallel_queries_never_exceed_the_configured_concurrency(
-    start_exporter: ExporterFor,
+    exporter_for: ExporterFor,
 ) -> None:
     ids = [f"60{n:02d}" for n in range(12)]
     imports = [ScriptedImport(i, (Step("IN_PROGRESS"),)) for i in ids]
     with Simulator(imports, api_key=KEY, latency=0.2) as sim:
-        exporter = start_exporter(sim.url, ids, concurrency="3")
+        exporter = exporter_for(sim.url, ids, concurrency="3")
         started = time.monotonic()
         result = scrape(exporter.url)
         elapsed = time.monotonic() - started
