@@ -20,7 +20,7 @@ import pytest
 
 from exporter.simulator import Simulator
 from exporter.web import Exporter
-from tests.support import Exporters, free_port, wait_until
+from tests.support import Exporters, free_port, stop_process, wait_until
 
 SIM_KEY = "sim-key"
 REPO = Path(__file__).resolve().parent.parent
@@ -104,14 +104,7 @@ class ExporterProcess:
         wait_until(ready, timeout=timeout, what=f"the exporter at {self.url} to be ready")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process)
 
 
 ExporterProcessFor = Callable[..., ExporterProcess]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -31,6 +32,18 @@ def need_tool(name: str) -> str:
         missing(f"{name} is not installed")
         raise AssertionError("unreachable")
     return path
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL if the process has not ended within ``grace`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def free_port() -> int:

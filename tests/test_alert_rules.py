@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import free_port, need_tool, wait_until
+from tests.support import free_port, need_tool, stop_process, wait_until
 from tests.test_dashboard import CONTRACT_LABELS, PROMETHEUS_LABELS, TARGET_LABELS, read_promql
 
 REPO = Path(__file__).resolve().parent.parent
@@ -268,12 +268,7 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until(lambda: _ready(url), timeout=20, what="Alertmanager ready")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from exporter.simulator import ScriptedImport, Simulator, Step
-from tests.support import free_port, need_tool, scrape, wait_until
+from tests.support import free_port, need_tool, scrape, stop_process, wait_until
 from tests.test_dashboard import (
     PROMETHEUS_LABELS,
     TARGET_LABELS,
@@ -116,15 +116,6 @@ class Stack:
         return [a for a in found if a["labels"]["alertname"] == alertname and a["state"] == state]
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
@@ -200,7 +191,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield ready
         finally:
             for process in reversed(processes):
-                _stop(process)
+                stop_process(process)
 
 
 # -- helpers over the dashboard -------------------------------------------------------
