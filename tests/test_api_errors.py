@@ -248,3 +248,35 @@ def test_a_final_status_is_kept_even_when_the_api_later_breaks(
     assert result.current_status(ID) == "ABORTED"
     assert result.value("elevate_import_poll_success", id=ID) == 1
     assert result.value("elevate_import_up") == 1
+
+
+def test_a_proxy_from_the_environment_carries_the_status_requests(
+    httpserver: HTTPServer, exporter_for: ExporterFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client reads the proxy variables once at start-up, not per request.
+    for name in ("no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", httpserver.url_for("").rstrip("/"))
+    # The test's own scrape of the exporter goes direct.
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    httpserver.expect_request(PATH).respond_with_json(answer("BLOCKED"))
+    # A host that does not resolve: only the proxy can answer for it.
+    exporter = exporter_for("http://elevate.invalid", [ID], api_key=KEY)
+    result = scrape(exporter.url)
+    assert result.current_status(ID) == "BLOCKED"
+    request, _response = httpserver.log[0]
+    assert request.headers["Host"] == "elevate.invalid"
+
+
+def test_no_proxy_still_sends_the_named_hosts_directly(
+    httpserver: HTTPServer, exporter_for: ExporterFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    httpserver.expect_request(PATH).respond_with_json(answer("WAITING"))
+    base = f"http://127.0.0.1:{httpserver.port}"
+    result = scrape(exporter_for(base, [ID], api_key=KEY).url)
+    assert result.current_status(ID) == "WAITING"
+    assert errors(result, "connection_error") == 0

@@ -1,0 +1,724 @@
+"""Benchmark of the exporter against its floors: scrape time, CPU, API load, memory.
+
+Starts ``python -m exporter simulate`` and ``python -m exporter run`` as child
+processes on loopback ports, scrapes the exporter as Prometheus would, prints a
+table with PASS/FAIL per target of issue 5, and writes bench/results/latest.json
+and latest.md. ``make bench`` runs it (about 7 minutes on 2 cores); ``--quick``
+runs a smaller sweep (about 2 minutes); ``--only PART`` runs some parts only.
+The exit status is 1 if a target that was measured is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from procs import (
+    API_KEY,
+    REPO,
+    ExporterProcess,
+    SimulatorProcess,
+    cpu_seconds,
+    generated_ids,
+    is_up,
+    status_kib,
+)
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+LOGS = RESULTS / "logs"
+
+# Prometheus sends its scrape timeout; the exporter ends its round half a second
+# earlier. 30 s lets every round of the sweep finish, except those whose bound is
+# longer: they get a timeout of twice the bound so the deadline never cuts them short.
+SCRAPE_TIMEOUT = 30.0
+# Cases with a bound up to WARMUP_BOUND get an unmeasured warm-up scrape first and
+# short_repeats scrapes; up to LONG_BOUND, medium_repeats scrapes; longer ones one.
+# The warm-up only opens connections and starts threads: tens of milliseconds at
+# most, which matter next to a short bound only.
+WARMUP_BOUND = 4.0
+LONG_BOUND = 15.0
+
+# Targets of issue 5.
+SCRAPE_RATIO_LIMIT = 1.15
+CPU_RATIO_LIMIT = 1.5
+RENDER_RATIO_LIMIT = 1.25
+RSS_LIMIT_MB = 150.0
+
+PARTS = ("scrape", "cpu", "finished", "concurrent")
+
+
+@dataclass
+class Plan:
+    sizes: tuple[int, ...] = (10, 100, 1000)
+    concurrencies: tuple[int, ...] = (1, 8, 32)
+    latencies: tuple[float, ...] = (0.05, 0.1)
+    max_bound: float = 120.0  # cases whose bound is longer are skipped
+    short_repeats: int = 7
+    medium_repeats: int = 3
+    long_repeats: int = 1
+    cpu_imports: int = 1000
+    cpu_rounds: int = 3  # exporter and requests loop take turns, against drift of the machine
+    cpu_scrapes: int = 2  # per round
+    # Requests of the loop at each latency of the sweep: 200 at 100 ms take 20 s.
+    floor_requests_with_latency: int = 200
+    finished_imports: int = 10_000
+    finished_scrapes: int = 7
+    concurrent_imports: int = 1000
+    concurrent_scrapes: int = 5
+
+    def repeats(self, bound: float) -> int:
+        if bound <= WARMUP_BOUND:
+            return self.short_repeats
+        if bound <= LONG_BOUND:
+            return self.medium_repeats
+        return self.long_repeats
+
+
+QUICK = Plan(
+    latencies=(0.1,),
+    max_bound=15.0,
+    short_repeats=3,
+    medium_repeats=1,
+    cpu_rounds=2,
+    floor_requests_with_latency=100,
+    finished_scrapes=3,
+)
+
+
+@dataclass
+class ScrapeCase:
+    imports: int
+    concurrency: int
+    latency_ms: float
+    bound_s: float
+    scrapes: int = 0
+    median_s: float | None = None
+    ratio: float | None = None
+    seconds: list[float] = field(default_factory=list)
+    requests_per_scrape: float | None = None
+    cpu_ms_per_request: float | None = None
+    all_up: bool | None = None
+    note: str = ""
+    cpu_s: float = 0.0
+    requests: int = 0
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def bound_seconds(imports: int, concurrency: int, latency: float) -> float:
+    return math.ceil(imports / concurrency) * latency
+
+
+# -- 1. scrape time with active imports ---------------------------------------------------
+
+
+def scrape_times(plan: Plan) -> tuple[list[ScrapeCase], list[dict[str, Any]]]:
+    """The sweep, and per latency the CPU per request of the exporter and of the loop."""
+    cases: list[ScrapeCase] = []
+    cpu_by_latency: list[dict[str, Any]] = []
+    largest = max(plan.sizes)
+    for latency in plan.latencies:
+        with SimulatorProcess(largest, "IN_PROGRESS", latency, LOGS) as sim:
+            measured: list[ScrapeCase] = []
+            for n in plan.sizes:
+                for c in plan.concurrencies:
+                    bound = bound_seconds(n, c, latency)
+                    case = ScrapeCase(n, c, latency * 1000, bound)
+                    cases.append(case)
+                    if bound > plan.max_bound:
+                        case.note = f"skipped: bound {bound:g} s over {plan.max_bound:g} s"
+                        log(f"N={n} C={c} {latency * 1000:g} ms: {case.note}")
+                        continue
+                    _measure_case(case, sim, plan.repeats(bound))
+                    measured.append(case)
+            sim.reset()
+            floor = _floor_loop(sim, largest, plan.floor_requests_with_latency)
+        exporter_cpu = sum(c.cpu_s for c in measured)
+        exporter_requests = sum(c.requests for c in measured)
+        entry = {
+            "latency_ms": latency * 1000,
+            "exporter_requests": exporter_requests,
+            "exporter_us_per_request": 1e6 * exporter_cpu / exporter_requests,
+            "floor_requests": floor["requests"],
+            "floor_us_per_request": 1e6 * floor["cpu_seconds"] / floor["requests"],
+        }
+        entry["ratio"] = entry["exporter_us_per_request"] / entry["floor_us_per_request"]
+        cpu_by_latency.append(entry)
+        log(
+            f"CPU per request at {latency * 1000:g} ms: exporter over the sweep "
+            f"{entry['exporter_us_per_request']:.0f} us, requests loop "
+            f"{entry['floor_us_per_request']:.0f} us, ratio {entry['ratio']:.2f}"
+        )
+    return cases, cpu_by_latency
+
+
+def _measure_case(case: ScrapeCase, sim: SimulatorProcess, repeats: int) -> None:
+    timeout = max(SCRAPE_TIMEOUT, 2 * case.bound_s + 5)
+    ids = generated_ids(case.imports)
+    with ExporterProcess(sim, ids, case.concurrency, LOGS) as exporter:
+        if case.bound_s <= WARMUP_BOUND:
+            # One unmeasured scrape opens the pooled connections and starts the threads,
+            # as every scrape but the first after a start finds them open.
+            exporter.scrape(timeout)
+        sim.reset()
+        cpu_before = cpu_seconds(exporter.pid)
+        up = True
+        for _ in range(repeats):
+            answer = exporter.scrape(timeout)
+            case.seconds.append(answer.seconds)
+            up = up and is_up(answer.body)
+        cpu = cpu_seconds(exporter.pid) - cpu_before
+        requests = sim.requests_total()
+    case.scrapes = repeats
+    case.median_s = statistics.median(case.seconds)
+    case.ratio = case.median_s / case.bound_s
+    case.requests_per_scrape = requests / repeats
+    case.cpu_s = cpu
+    case.requests = requests
+    case.cpu_ms_per_request = 1000 * cpu / requests if requests else None
+    case.all_up = up
+    if case.bound_s > WARMUP_BOUND:
+        case.note = "no warm-up scrape"
+    log(
+        f"N={case.imports} C={case.concurrency} {case.latency_ms:g} ms: "
+        f"median {case.median_s:.3f} s, bound {case.bound_s:.3f} s, ratio {case.ratio:.3f}"
+        f"{'' if up else ' (NOT UP: a round was cut short or failed)'}"
+    )
+
+
+# -- 2. CPU per status request --------------------------------------------------------------
+
+
+def cpu_per_request(plan: Plan) -> dict[str, Any]:
+    """Exporter CPU per status request next to a plain ``requests`` loop's, taking turns.
+
+    Latency 0 for both: a client's CPU per request does not depend on how long it
+    waits, and this way the loop's thousands of requests take seconds, not minutes.
+    """
+    n, scrapes = plan.cpu_imports, plan.cpu_scrapes
+    exporter_cpu = floor_cpu = 0.0
+    exporter_requests = floor_requests = 0
+    rounds: list[dict[str, float]] = []
+    up = True
+    with (
+        SimulatorProcess(n, "IN_PROGRESS", 0.0, LOGS) as sim,
+        ExporterProcess(sim, generated_ids(n), 8, LOGS) as exporter,
+    ):
+        exporter.scrape(SCRAPE_TIMEOUT)
+        for _ in range(plan.cpu_rounds):
+            sim.reset()
+            before = cpu_seconds(exporter.pid)
+            for _ in range(scrapes):
+                up = is_up(exporter.scrape(SCRAPE_TIMEOUT).body) and up
+            cpu = cpu_seconds(exporter.pid) - before
+            sent = sim.requests_total()
+            sim.reset()
+            floor = _floor_loop(sim, n, n * scrapes)
+            # The loop's own count leaves out its unmeasured first request.
+            if sim.requests_total() != floor["requests"] + 1:
+                raise RuntimeError("the simulator did not see the loop's requests")
+            exporter_cpu += cpu
+            exporter_requests += sent
+            floor_cpu += floor["cpu_seconds"]
+            floor_requests += floor["requests"]
+            rounds.append(
+                {
+                    "exporter_us_per_request": 1e6 * cpu / sent,
+                    "floor_us_per_request": 1e6 * floor["cpu_seconds"] / floor["requests"],
+                }
+            )
+    result: dict[str, Any] = {
+        "imports": n,
+        "latency_ms": 0,
+        "exporter_concurrency": 8,
+        "exporter_requests": exporter_requests,
+        "exporter_cpu_s": exporter_cpu,
+        "exporter_all_up": up,
+        "exporter_us_per_request": 1e6 * exporter_cpu / exporter_requests,
+        "floor_requests": floor_requests,
+        "floor_cpu_s": floor_cpu,
+        "floor_us_per_request": 1e6 * floor_cpu / floor_requests,
+        "rounds": rounds,
+    }
+    result["ratio"] = result["exporter_us_per_request"] / result["floor_us_per_request"]
+    log(
+        f"CPU per request: exporter {result['exporter_us_per_request']:.0f} us, "
+        f"requests loop {result['floor_us_per_request']:.0f} us, ratio {result['ratio']:.2f}"
+    )
+    return result
+
+
+def _floor_loop(sim: SimulatorProcess, imports: int, requests: int) -> dict[str, Any]:
+    env = dict(os.environ, ELEVATE_API_KEY=API_KEY)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "floor_client.py"),
+            "--base-url",
+            sim.url,
+            "--imports",
+            str(imports),
+            "--requests",
+            str(requests),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    floor: dict[str, Any] = json.loads(done.stdout)
+    return floor
+
+
+# -- 3. and 5. finished imports: scrape cost and memory -----------------------------------------
+
+
+def finished_imports(plan: Plan) -> dict[str, Any]:
+    n = plan.finished_imports
+    result: dict[str, Any] = {"imports": n}
+    with (
+        SimulatorProcess(n, "SUCCESS", 0.0, LOGS) as sim,
+        ExporterProcess(sim, generated_ids(n), 8, LOGS) as exporter,
+        RenderFloor(n) as floor,
+    ):
+        result["rss_at_start_mb"] = status_kib(exporter.pid, "VmRSS") / 1024
+        first = exporter.scrape(SCRAPE_TIMEOUT)
+        result["first_scrape_s"] = first.seconds
+        result["first_scrape_requests"] = sim.requests_total()
+        result["first_scrape_up"] = is_up(first.body)
+        sim.reset()
+        times: list[float] = []
+        renders: list[dict[str, float]] = []
+        size = 0
+        # Taking turns, so that other load on the machine weighs on both sides alike.
+        for _ in range(plan.finished_scrapes):
+            answer = exporter.scrape(SCRAPE_TIMEOUT)
+            times.append(answer.seconds)
+            size = len(answer.body)
+            renders.append(floor.render())
+        result["later_requests"] = sim.requests_total()
+        result["peak_rss_mb"] = status_kib(exporter.pid, "VmHWM") / 1024
+    result["requests_per_later_scrape"] = result["later_requests"] / len(times)
+    result["scrape_s"] = times
+    result["scrape_median_s"] = statistics.median(times)
+    result["scrape_bytes"] = size
+    result["render_floor_s"] = statistics.median(r["seconds"] for r in renders)
+    result["render_floor_bytes"] = int(renders[-1]["bytes"])
+    result["formatting_only_s"] = statistics.median(r["formatting_seconds"] for r in renders)
+    result["ratio"] = result["scrape_median_s"] / result["render_floor_s"]
+    log(
+        f"{n} finished imports: {result['requests_per_later_scrape']:g} requests per scrape, "
+        f"scrape {result['scrape_median_s']:.3f} s, prometheus_client alone "
+        f"{result['render_floor_s']:.3f} s, ratio {result['ratio']:.2f}; "
+        f"peak RSS {result['peak_rss_mb']:.1f} MB"
+    )
+    return result
+
+
+class RenderFloor:
+    """render_floor.py as a child process that renders its registries on request."""
+
+    def __init__(self, imports: int) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, str(HERE / "render_floor.py"), "--imports", str(imports)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            self._answer()  # ready
+        except BaseException:
+            self.close()
+            raise
+
+    def render(self) -> dict[str, float]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write("render\n")
+        self._proc.stdin.flush()
+        return self._answer()
+
+    def _answer(self) -> dict[str, float]:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"render_floor.py ended with status {self._proc.wait(10)}")
+        answer: dict[str, float] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+    def __enter__(self) -> RenderFloor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+# -- 4. simultaneous scrapes --------------------------------------------------------------------
+
+
+def concurrent_scrapes(plan: Plan) -> dict[str, Any]:
+    n, k = plan.concurrent_imports, plan.concurrent_scrapes
+    latency = 0.1
+    with (
+        SimulatorProcess(n, "IN_PROGRESS", latency, LOGS) as sim,
+        ExporterProcess(sim, generated_ids(n), 32, LOGS) as exporter,
+    ):
+        sim.reset()
+        barrier = threading.Barrier(k)
+        bodies: list[bytes | None] = [None] * k
+        errors: list[str] = []
+
+        def one(index: int) -> None:
+            try:
+                barrier.wait(timeout=30)
+                bodies[index] = exporter.scrape(SCRAPE_TIMEOUT).body
+            except Exception as exc:  # reported below, the count alone would hide it
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        requests = sim.requests_total()
+    result: dict[str, Any] = {
+        "imports": n,
+        "scrapes": k,
+        "latency_ms": latency * 1000,
+        "concurrency": 32,
+        "requests": requests,
+        "answered": sum(body is not None for body in bodies),
+        "all_up": all(body is not None and is_up(body) for body in bodies),
+        "errors": errors,
+    }
+    log(f"{k} simultaneous scrapes of {n} active imports: {requests} requests")
+    return result
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{os.cpu_count()} x {model}",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target of issue 5 whose part was run, with its verdict."""
+    rows: list[dict[str, Any]] = []
+    target = next(
+        (
+            c
+            for c in results.get("scrape_times", [])
+            if c["imports"] == 1000 and c["concurrency"] == 32 and c["latency_ms"] == 100
+        ),
+        None,
+    )
+    if target is not None and target["ratio"] is not None:
+        rows.append(
+            {
+                "target": "scrape time, N=1000 C=32 100 ms, vs ceil(N/C) x latency (3.2 s)",
+                "measured": f"{target['ratio']:.3f} x ({target['median_s']:.3f} s)",
+                "limit": f"<= {SCRAPE_RATIO_LIMIT} x",
+                "ok": target["ratio"] <= SCRAPE_RATIO_LIMIT and bool(target["all_up"]),
+            }
+        )
+    if "cpu" in results:
+        cpu = results["cpu"]
+        rows.append(
+            {
+                "target": "exporter CPU per status request vs plain requests loop",
+                "measured": f"{cpu['ratio']:.2f} x ({cpu['exporter_us_per_request']:.0f} us "
+                f"vs {cpu['floor_us_per_request']:.0f} us)",
+                "limit": f"<= {CPU_RATIO_LIMIT} x",
+                "ok": cpu["ratio"] <= CPU_RATIO_LIMIT,
+            }
+        )
+    if "finished" in results:
+        fin = results["finished"]
+        rows.append(
+            {
+                "target": f"{fin['imports']} finished ids: API requests per scrape after the first",
+                "measured": f"{fin['requests_per_later_scrape']:g}",
+                "limit": "0",
+                "ok": fin["later_requests"] == 0,
+            }
+        )
+        rows.append(
+            {
+                "target": f"{fin['imports']} finished ids: scrape time vs prometheus_client alone",
+                "measured": f"{fin['ratio']:.2f} x ({fin['scrape_median_s']:.3f} s "
+                f"vs {fin['render_floor_s']:.3f} s)",
+                "limit": f"<= {RENDER_RATIO_LIMIT} x",
+                "ok": fin["ratio"] <= RENDER_RATIO_LIMIT,
+            }
+        )
+    if "concurrent" in results:
+        conc = results["concurrent"]
+        rows.append(
+            {
+                "target": f"{conc['scrapes']} simultaneous scrapes of {conc['imports']} "
+                "active ids: requests received",
+                "measured": f"{conc['requests']}",
+                "limit": f"== {conc['imports']}",
+                "ok": conc["requests"] == conc["imports"] and conc["answered"] == conc["scrapes"],
+            }
+        )
+    if "finished" in results:
+        fin = results["finished"]
+        rows.append(
+            {
+                "target": f"peak RSS with {fin['imports']} ids (VmHWM)",
+                "measured": f"{fin['peak_rss_mb']:.1f} MB",
+                "limit": f"<= {RSS_LIMIT_MB:g} MB",
+                "ok": fin["peak_rss_mb"] <= RSS_LIMIT_MB,
+            }
+        )
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def report(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    parts = [
+        f"Machine: {m['cpu']}, {m['os']}, Python {m['python']}; run {m['date']}"
+        f"{' (--quick)' if results['quick'] else ''}.",
+        "",
+        "Targets (issue 5):",
+        "",
+        _table(
+            ["verdict", "target", "measured", "limit"],
+            [
+                [_verdict(r["ok"]), r["target"], r["measured"], r["limit"]]
+                for r in results["targets"]
+            ],
+        ),
+    ]
+    if "scrape_times" in results:
+        parts += ["", *_scrape_times_section(results["scrape_times"])]
+    if "cpu" in results:
+        parts += ["", *_cpu_section(results["cpu"])]
+    if "cpu_with_latency" in results:
+        parts += ["", *_cpu_with_latency_section(results["cpu_with_latency"])]
+    if "finished" in results:
+        parts += ["", *_finished_section(results["finished"])]
+    if "concurrent" in results:
+        conc = results["concurrent"]
+        parts += [
+            "",
+            f"{conc['scrapes']} simultaneous scrapes of {conc['imports']} active imports "
+            f"({conc['latency_ms']:g} ms latency, C={conc['concurrency']}): "
+            f"{conc['requests']} requests reached the simulator, "
+            f"{conc['answered']} scrapes answered"
+            f"{', all up' if conc['all_up'] else ', NOT all up'}"
+            f"{'; errors: ' + '; '.join(conc['errors']) if conc['errors'] else ''}.",
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def _scrape_times_section(cases: list[dict[str, Any]]) -> list[str]:
+    return [
+        "Scrape time with active imports (median scrape, HTTP round trip included; "
+        "bound = ceil(N/C) x latency):",
+        "",
+        _table(
+            [
+                "ratio",
+                "N",
+                "C",
+                "latency ms",
+                "median s",
+                "bound s",
+                "scrapes",
+                "requests/scrape",
+                "exporter CPU ms/request",
+                "note",
+            ],
+            [
+                [
+                    _num(c["ratio"]),
+                    str(c["imports"]),
+                    str(c["concurrency"]),
+                    f"{c['latency_ms']:g}",
+                    _num(c["median_s"]),
+                    _num(c["bound_s"]),
+                    str(c["scrapes"]),
+                    _num(c["requests_per_scrape"], 0),
+                    _num(c["cpu_ms_per_request"], 2),
+                    c["note"] + ("" if c["all_up"] in (None, True) else " NOT UP"),
+                ]
+                for c in cases
+            ],
+        ),
+    ]
+
+
+def _cpu_section(cpu: dict[str, Any]) -> list[str]:
+    return [
+        f"CPU per status request ({cpu['imports']} active ids, simulator latency 0 for both, "
+        f"exporter concurrency {cpu['exporter_concurrency']}; exporter CPU includes serving "
+        "and rendering its scrapes):",
+        "",
+        _table(
+            ["ratio", "exporter us/request", "requests loop us/request", "requests each"],
+            [
+                [
+                    f"{cpu['ratio']:.2f}",
+                    f"{cpu['exporter_us_per_request']:.0f}",
+                    f"{cpu['floor_us_per_request']:.0f}",
+                    f"{cpu['exporter_requests']} / {cpu['floor_requests']}",
+                ]
+            ],
+        ),
+    ]
+
+
+def _cpu_with_latency_section(entries: list[dict[str, Any]]) -> list[str]:
+    return [
+        "CPU per status request at the sweep's latencies (for reference, no target: the "
+        "exporter's CPU over all the sweep's scrapes at that latency, the loop's over its "
+        "own requests to the same simulator):",
+        "",
+        _table(
+            ["ratio", "latency ms", "exporter us/request", "requests loop us/request", "requests"],
+            [
+                [
+                    f"{e['ratio']:.2f}",
+                    f"{e['latency_ms']:g}",
+                    f"{e['exporter_us_per_request']:.0f}",
+                    f"{e['floor_us_per_request']:.0f}",
+                    f"{e['exporter_requests']} / {e['floor_requests']}",
+                ]
+                for e in entries
+            ],
+        ),
+    ]
+
+
+def _finished_section(fin: dict[str, Any]) -> list[str]:
+    return [
+        f"{fin['imports']} finished imports (text format 0.0.4, no gzip; the exporter's time "
+        "is a whole HTTP scrape from a client, prometheus_client's is generate_latest alone, "
+        "on a registry of Gauges and, for reference, on pre-built metric families):",
+        "",
+        _table(
+            [
+                "ratio",
+                "scrape median s",
+                "generate_latest s (Gauges)",
+                "formatting only s",
+                "requests/scrape after first",
+                "first scrape s (requests)",
+                "body bytes (exporter / floor)",
+                "peak RSS MB",
+            ],
+            [
+                [
+                    f"{fin['ratio']:.2f}",
+                    f"{fin['scrape_median_s']:.3f}",
+                    f"{fin['render_floor_s']:.3f}",
+                    f"{fin['formatting_only_s']:.3f}",
+                    f"{fin['requests_per_later_scrape']:g}",
+                    f"{fin['first_scrape_s']:.2f} ({fin['first_scrape_requests']})",
+                    f"{fin['scrape_bytes']} / {fin['render_floor_bytes']}",
+                    f"{fin['peak_rss_mb']:.1f}",
+                ]
+            ],
+        ),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="latency 100 ms only, bounds up to 15 s, fewer scrapes"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="run only this part (repeatable); the default is all of them",
+    )
+    args = parser.parse_args()
+    plan = QUICK if args.quick else Plan()
+    parts = args.only or PARTS
+    started = time.monotonic()
+    log(f"benchmarking the exporter of {REPO}")
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "plan": asdict(plan)}
+    if "scrape" in parts:
+        cases, cpu_by_latency = scrape_times(plan)
+        results["scrape_times"] = [asdict(c) for c in cases]
+        results["cpu_with_latency"] = cpu_by_latency
+    if "cpu" in parts:
+        results["cpu"] = cpu_per_request(plan)
+    if "finished" in parts:
+        results["finished"] = finished_imports(plan)
+    if "concurrent" in parts:
+        results["concurrent"] = concurrent_scrapes(plan)
+    results["targets"] = targets(results)
+    results["duration_s"] = time.monotonic() - started
+    text = report(results)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (RESULTS / "latest.md").write_text(text, encoding="utf-8")
+    log(f"done in {results['duration_s']:.0f} s; wrote {RESULTS / 'latest.md'} and latest.json")
+    return 0 if all(r["ok"] for r in results["targets"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Processes of the benchmark: the simulator and the exporter as child processes.
+
+Everything listens on loopback only. Each child's output goes to a log file under
+``bench/results/logs`` so a failed run can be read afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+REPO = Path(__file__).resolve().parent.parent
+API_KEY = "bench-key"
+FIRST_GENERATED_ID = 7_000_000_000_000_000_000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def generated_ids(n: int) -> list[str]:
+    """The ids ``simulate --generate-imports`` serves, in order."""
+    return [str(FIRST_GENERATED_ID + i) for i in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, from /proc (no psutil needed)."""
+    text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    # The command name may hold spaces and parentheses: count fields after the last ')'.
+    fields = text[text.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLOCK_TICKS
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/PID/status, e.g. VmHWM (peak RSS) or VmRSS."""
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    seconds: float
+
+
+def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 60.0
+) -> Answer:
+    """One GET on a fresh connection; the time covers connect, request and the whole body."""
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        # http.client sends Accept-Encoding: identity, so the exporter never gzips.
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    return Answer(response.status, body, time.perf_counter() - started)
+
+
+def http_post(port: int, path: str, timeout: float = 10.0) -> Answer:
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=b"")
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    return Answer(response.status, body, time.perf_counter() - started)
+
+
+def _wait_for(port: int, path: str, what: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} before it served")
+        with contextlib.suppress(OSError):
+            if http_get(port, path, timeout=2.0).status == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer {path} within 30 s")
+
+
+class Child:
+    """A child process serving HTTP on a loopback port; stopped on exit, killed if it must."""
+
+    def __init__(self, name: str, args: list[str], port: int, ready_path: str, logs: Path):
+        self.name = name
+        self.port = port
+        logs.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["ELEVATE_API_KEY"] = API_KEY
+        # The exporter of this checkout, whether or not it is pip-installed.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        self._log = (logs / f"{name}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+        try:
+            _wait_for(port, ready_path, name, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class SimulatorProcess(Child):
+    """``python -m exporter simulate`` with generated imports that hold one status."""
+
+    def __init__(self, imports: int, status: str, latency: float, logs: Path) -> None:
+        port = free_port()
+        super().__init__(
+            f"simulator-{imports}-{status}-{latency:g}s",
+            [
+                "simulate",
+                "--web.listen-address",
+                f"127.0.0.1:{port}",
+                "--generate-imports",
+                str(imports),
+                "--generated-status",
+                status,
+                "--latency",
+                str(latency),
+                "--log.level",
+                "warning",
+            ],
+            port,
+            "/-/healthy",
+            logs,
+        )
+        self.latency = latency
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests_total(self) -> int:
+        import json
+
+        answer = http_get(self.port, "/-/sim/stats", timeout=10.0)
+        total: int = json.loads(answer.body)["requests_total"]
+        return total
+
+    def reset(self) -> None:
+        if http_post(self.port, "/-/sim/reset").status != 200:
+            raise RuntimeError("the simulator refused POST /-/sim/reset")
+
+
+class ExporterProcess(Child):
+    """``python -m exporter run`` tracking ids from a file, against a simulator."""
+
+    def __init__(self, sim: SimulatorProcess, ids: list[str], concurrency: int, logs: Path):
+        port = free_port()
+        logs.mkdir(parents=True, exist_ok=True)
+        ids_file = logs / f"ids-{len(ids)}.txt"
+        ids_file.write_text("".join(i + "\n" for i in ids), encoding="ascii")
+        super().__init__(
+            f"exporter-{len(ids)}ids-c{concurrency}-{sim.latency:g}s",
+            [
+                "run",
+                "--elevate.base-url",
+                sim.url,
+                "--elevate.import-ids-file",
+                str(ids_file),
+                "--elevate.concurrency",
+                str(concurrency),
+                "--web.listen-address",
+                f"127.0.0.1:{port}",
+                "--log.level",
+                "warning",
+            ],
+            port,
+            "/-/ready",
+            logs,
+        )
+
+    def scrape(self, timeout: float = 30.0) -> Answer:
+        """A scrape as Prometheus sends it, with a scrape timeout the round may use."""
+        answer = http_get(
+            self.port,
+            "/metrics",
+            {"X-Prometheus-Scrape-Timeout-Seconds": f"{timeout:g}", "Accept": "text/plain"},
+            timeout=timeout + 30.0,
+        )
+        if answer.status != 200:
+            raise RuntimeError(f"scrape answered {answer.status}: {answer.body[:200]!r}")
+        return answer
+
+
+def is_up(body: bytes) -> bool:
+    """Whether the scrape's poll got a valid answer for every id it queried."""
+    return b"\nelevate_import_up 1.0\n" in body
