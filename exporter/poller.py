@@ -6,6 +6,7 @@ its result, so concurrent scrapes never multiply the requests sent to Elevate.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
@@ -76,10 +77,8 @@ class RequestStats:
         self._sum = 0.0
 
     def record(self, request: Request) -> None:
-        index = next(
-            (i for i, bound in enumerate(LATENCY_BUCKETS) if request.seconds <= bound),
-            len(LATENCY_BUCKETS),
-        )
+        # bisect_left puts a value equal to a bound in that bound's bucket (le).
+        index = bisect.bisect_left(LATENCY_BUCKETS, request.seconds)
         with self._lock:
             self._requests[request.code] += 1
             if request.error is not None:
