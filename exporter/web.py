@@ -176,6 +176,9 @@ th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
 """
 
 
+_TEXT = "text/plain; charset=utf-8"
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"elevate-import-exporter/{__version__}"
@@ -192,23 +195,28 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == exporter.settings.telemetry_path:
             budget = scrape_budget(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
-            body, content_type, gzipped = exporter.metrics(
-                self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", ""), budget
-            )
+            try:
+                body, content_type, gzipped = exporter.metrics(
+                    self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", ""), budget
+                )
+            except Exception:
+                # A bug, not a bad answer from Elevate (those are metrics): say so to
+                # Prometheus, whose up then shows it, and keep serving.
+                log.exception("scrape failed")
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"Scrape failed.\n", _TEXT)
+                return
             self._send(HTTPStatus.OK, body, content_type, gzipped=gzipped)
         elif path == "/":
             self._send(HTTPStatus.OK, exporter.landing_page(), "text/html; charset=utf-8")
         elif path == "/-/healthy":
-            self._send(HTTPStatus.OK, b"Healthy.\n", "text/plain; charset=utf-8")
+            self._send(HTTPStatus.OK, b"Healthy.\n", _TEXT)
         elif path == "/-/ready":
             if exporter.ready.is_set():
-                self._send(HTTPStatus.OK, b"Ready.\n", "text/plain; charset=utf-8")
+                self._send(HTTPStatus.OK, b"Ready.\n", _TEXT)
             else:
-                self._send(
-                    HTTPStatus.SERVICE_UNAVAILABLE, b"Not ready.\n", "text/plain; charset=utf-8"
-                )
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"Not ready.\n", _TEXT)
         else:
-            self._send(HTTPStatus.NOT_FOUND, b"Not found.\n", "text/plain; charset=utf-8")
+            self._send(HTTPStatus.NOT_FOUND, b"Not found.\n", _TEXT)
 
     def _send(
         self, status: HTTPStatus, body: bytes, content_type: str, *, gzipped: bool = False
