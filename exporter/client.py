@@ -131,9 +131,7 @@ class ElevateClient:
     def close(self) -> None:
         self._session.close()
 
-    def import_status(
-        self, import_id: str, deadline: float, stop: threading.Event | None = None
-    ) -> ImportInfo:
+    def import_status(self, import_id: str, deadline: float, stop: threading.Event) -> ImportInfo:
         """Ask for one import's status, retrying as configured until ``deadline`` (monotonic).
 
         Raises :class:`ApiError` for the last failed request, :class:`NotSent` if
@@ -142,7 +140,7 @@ class ElevateClient:
         attempt = 0
         while True:
             remaining = deadline - time.monotonic()
-            if (stop is not None and stop.is_set()) or remaining <= 0:
+            if stop.is_set() or remaining <= 0:
                 raise NotSent(import_id)
             try:
                 return self._request(import_id, min(self._timeout, remaining), deadline)
@@ -151,10 +149,8 @@ class ElevateClient:
                     raise
                 pause = error.retry_after if error.retry_after is not None else _backoff(attempt)
                 # A retry that cannot finish before the deadline only adds load.
-                if time.monotonic() + pause >= deadline or (stop is not None and stop.wait(pause)):
+                if time.monotonic() + pause >= deadline or stop.wait(pause):
                     raise
-                if stop is None:
-                    time.sleep(pause)
                 attempt += 1
 
     def _request(self, import_id: str, timeout: float, deadline: float) -> ImportInfo:
