@@ -1,6 +1,6 @@
 """Benchmark of the exporter against its floors: scrape time, CPU, API load, memory.
 
-Starts ``python -m exporter simulate`` and ``python -m exporter run`` as child
+Starts ``python -m elevate_import_exporter simulate`` and ``... run`` as child
 processes on loopback ports, scrapes the exporter as Prometheus would, prints a
 table with PASS/FAIL per target of issue 5, and writes bench/results/latest.json
 and latest.md. ``make bench`` runs it (about 7 minutes on 2 cores); ``--quick``

@@ -109,11 +109,9 @@ class Child:
         logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["ELEVATE_API_KEY"] = API_KEY
-        # The exporter of this checkout, whether or not it is pip-installed.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self._log = (logs / f"{name}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", *args],
+            [sys.executable, "-m", "elevate_import_exporter", *args],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -153,7 +151,7 @@ class Child:
 
 
 class SimulatorProcess(Child):
-    """``python -m exporter simulate`` with generated imports that hold one status."""
+    """The ``simulate`` command with generated imports that hold one status."""
 
     def __init__(self, imports: int, status: str, latency: float, logs: Path) -> None:
         port = free_port()
@@ -195,7 +193,7 @@ class SimulatorProcess(Child):
 
 
 class ExporterProcess(Child):
-    """``python -m exporter run`` tracking ids from a file, against a simulator."""
+    """``python -m elevate_import_exporter run`` tracking ids from a file, against a simulator."""
 
     def __init__(self, sim: SimulatorProcess, ids: list[str], concurrency: int, logs: Path):
         port = free_port()

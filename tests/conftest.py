@@ -1,7 +1,7 @@
 """Fixtures shared by the tests: a simulated Elevate API and exporters pointed at it.
 
 ``exporter_for`` runs the exporter in-process (fast, for HTTP-level checks);
-``exporter_process`` runs ``python -m exporter run`` as a real process, for what
+``exporter_process`` runs ``python -m elevate_import_exporter run`` as a real process, for what
 only a process shows: exit status, signals, stderr, environment variables.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.simulator import Simulator
-from exporter.web import Exporter
+from elevate_import_exporter.simulator import Simulator
+from elevate_import_exporter.web import Exporter
 from tests.support import Exporters, free_port, stop_process, wait_until
 
 SIM_KEY = "sim-key"
@@ -68,14 +68,13 @@ def exporter_for() -> Iterator[ExporterFor]:
 def exporter_env(**overrides: str) -> dict[str, str]:
     """The test process' environment without any exporter variable, plus ``overrides``."""
     env = {k: v for k, v in os.environ.items() if k not in EXPORTER_ENV}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(overrides)
     return env
 
 
 @dataclass
 class ExporterProcess:
-    """``python -m exporter run`` in a child process; stderr goes to a file, read at will."""
+    """``run`` in a child process; stderr goes to a file, read at will."""
 
     process: subprocess.Popen[bytes]
     url: str
@@ -134,7 +133,7 @@ def exporter_process(tmp_path: Path) -> Iterator[ExporterProcessFor]:
         stderr_path = tmp_path / f"exporter-{len(started)}.stderr"
         with stderr_path.open("wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "exporter", "run", *argv],
+                [sys.executable, "-m", "elevate_import_exporter", "run", *argv],
                 env=exporter_env(**variables),
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,

@@ -113,8 +113,8 @@ class Exporters:
         self._started: list[Any] = []
 
     def start(self, base_url: str, ids: Iterable[str] = (), **options: Any) -> Any:
-        from exporter.config import load_settings
-        from exporter.web import Exporter
+        from elevate_import_exporter.config import load_settings
+        from elevate_import_exporter.web import Exporter
 
         options.setdefault("api_key", "sim-key")
         options.setdefault("listen_address", "127.0.0.1:0")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-import exporter
-from exporter.cli import cli
-from exporter.simulator import ScriptedImport, Simulator, Step
+import elevate_import_exporter
+from elevate_import_exporter.cli import cli
+from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import EXPORTER_ENV, SIM_KEY, ExporterProcess, ExporterProcessFor
 from tests.support import Scrape, free_port, wait_until
 
@@ -60,7 +60,7 @@ def assert_setup_error(result: Result, *named: str) -> None:
 def test_version_prints_the_package_version() -> None:
     result = invoke(["--version"])
     assert result.exit_code == 0
-    assert exporter.__version__ in result.stdout
+    assert elevate_import_exporter.__version__ in result.stdout
 
 
 # -- configuration errors -----------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.simulator import DEMO_UNKNOWN_ID, demo_imports
+from elevate_import_exporter.simulator import DEMO_UNKNOWN_ID, demo_imports
 from tests.conftest import exporter_env
 from tests.support import Scrape, free_port, scrape, stop_process, wait_until
 
@@ -37,7 +37,7 @@ def start(
     # would block it.
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "exporter", *args],
+            [sys.executable, "-m", "elevate_import_exporter", *args],
             env=exporter_env(**(env or {})),
             stdin=subprocess.DEVNULL,
             stdout=sink,
@@ -151,7 +151,7 @@ def test_simulate_refuses_a_bad_scenario_with_exit_status_2_naming_the_file(
     scenario = tmp_path / "broken.json"
     scenario.write_text('[{"id": "1", "steps": []}]')
     result = subprocess.run(
-        [sys.executable, "-m", "exporter", "simulate", "--scenario", str(scenario)],
+        [sys.executable, "-m", "elevate_import_exporter", "simulate", "--scenario", str(scenario)],
         env=exporter_env(),
         capture_output=True,
         text=True,

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import exporter
-from exporter.simulator import DEMO_UNKNOWN_ID, demo_imports
+import elevate_import_exporter
+from elevate_import_exporter.simulator import DEMO_UNKNOWN_ID, demo_imports
 from tests.support import free_port, missing, need_tool, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -248,7 +248,7 @@ def test_the_image_carries_OCI_labels_with_the_package_version(image: str) -> No
     labels = config["Labels"]
     assert labels["org.opencontainers.image.title"] == "elevate-import-exporter"
     assert "Elevate" in labels["org.opencontainers.image.description"]
-    assert labels["org.opencontainers.image.version"] == exporter.__version__
+    assert labels["org.opencontainers.image.version"] == elevate_import_exporter.__version__
     assert labels["org.opencontainers.image.source"].startswith("https://")
     assert config["Entrypoint"] == ["elevate-import-exporter"]
     assert config["Cmd"] == ["run"]
@@ -258,7 +258,7 @@ def test_the_image_carries_OCI_labels_with_the_package_version(image: str) -> No
 
 def test_docker_run_IMAGE_version_prints_the_package_version(image: str) -> None:
     out = run_once(image, "--version")
-    assert exporter.__version__ in out.split()
+    assert elevate_import_exporter.__version__ in out.split()
 
 
 def test_docker_run_IMAGE_help_lists_run_demo_and_simulate(image: str) -> None:
@@ -421,14 +421,19 @@ def test_the_final_image_holds_no_sources_wheels_pip_or_compilers(image: str) ->
         "tops = [t for t in os.listdir('/') if t not in ('proc', 'sys', 'dev')]; "
         "found += [os.path.join(d, f) for t in tops for d, _, fs in os.walk('/' + t) "
         "for f in fs if f == 'pyproject.toml' "
-        "or (f == 'cli.py' and d.endswith('/exporter') and not d.startswith('/venv/'))]; "
+        "or (f == 'cli.py' and d.endswith('/elevate_import_exporter') "
+        "and not d.startswith('/venv/'))]; "
         "print('\\n'.join(found))"
     )
     out = run_once("--entrypoint", "python", image, "-c", probe, *suspects)
     assert out.strip() == "", f"found in the final image:\n{out}"
     # The package is installed from the wheel into the venv, not run from sources.
     where = run_once(
-        "--entrypoint", "python", image, "-c", "import exporter; print(exporter.__file__)"
+        "--entrypoint",
+        "python",
+        image,
+        "-c",
+        "import elevate_import_exporter as p; print(p.__file__)",
     )
     assert where.strip().startswith("/venv/lib/"), where
 
@@ -460,7 +465,12 @@ def test_the_build_context_holds_only_what_the_wheel_needs(image: str) -> None:
     finally:
         docker("image", "rm", "--force", probe)
     files = {line.removeprefix("./") for line in listing.split()}
-    assert {"pyproject.toml", "README.md", "exporter/__init__.py", "exporter/cli.py"} <= files
+    assert {
+        "pyproject.toml",
+        "README.md",
+        "exporter/elevate_import_exporter/__init__.py",
+        "exporter/elevate_import_exporter/cli.py",
+    } <= files
     leaked = sorted(
         f
         for f in files

@@ -18,10 +18,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
-import exporter
-from exporter.config import load_settings
-from exporter.simulator import ScriptedImport, Simulator, Step
-from exporter.web import Exporter
+import elevate_import_exporter
+from elevate_import_exporter.config import load_settings
+from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.web import Exporter
 from tests.conftest import SIM_KEY, ExporterFor
 from tests.support import wait_until
 
@@ -191,7 +191,13 @@ def test_every_error_reason_is_exported_at_0_from_the_first_scrape(running: Expo
 def test_build_info_names_the_version_and_python(running: Exporter) -> None:
     build = families(get(running.url + "/metrics").text)["elevate_import_exporter_build_info"]
     assert [(s.labels, s.value) for s in build.samples] == [
-        ({"version": exporter.__version__, "python_version": platform.python_version()}, 1.0)
+        (
+            {
+                "version": elevate_import_exporter.__version__,
+                "python_version": platform.python_version(),
+            },
+            1.0,
+        )
     ]
 
 
@@ -274,7 +280,7 @@ def test_the_landing_page_names_the_exporter_its_version_and_links_the_metrics(
     assert answer.status == 200
     assert answer.headers["Content-Type"].startswith("text/html")
     assert "Elevate import exporter" in answer.text
-    assert exporter.__version__ in answer.text
+    assert elevate_import_exporter.__version__ in answer.text
     assert "/metrics" in page.links
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.simulator import ScriptedImport, Simulator, Step
-from exporter.web import Exporter
+from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.web import Exporter
 from tests.conftest import SIM_KEY, ExporterFor, ExporterProcessFor
 from tests.support import Scrape
 

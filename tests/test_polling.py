@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import ExporterFor
 from tests.support import scrape
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.support import free_port, need_tool, scrape, stop_process, wait_until
 from tests.test_dashboard import (
     PROMETHEUS_LABELS,
@@ -157,11 +157,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         try:
             # Only the settings given here: none of the caller's ELEVATE_* variables.
             env = {k: v for k, v in os.environ.items() if not k.startswith("ELEVATE_")}
-            env |= {"ELEVATE_API_KEY": API_KEY, "PYTHONPATH": str(REPO)}
+            env |= {"ELEVATE_API_KEY": API_KEY}
             with logs["exporter"].open("wb") as log:
                 processes.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "exporter", "run"]
+                        [sys.executable, "-m", "elevate_import_exporter", "run"]
                         + ["--elevate.base-url", sim.url]
                         + [f"--elevate.import-id={i}" for i in (SUCCEEDS, FAILS, STAYS)]
                         + ["--web.listen-address", exporter_address],

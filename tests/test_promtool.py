@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import urllib.request
 
-from exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import ExporterFor
 from tests.support import Scrape, need_tool
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import SIM_KEY, ExporterFor
 from tests.support import Scrape, scrape
 

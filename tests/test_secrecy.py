@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from pytest_httpserver import HTTPServer
 
-from exporter.cli import cli
-from exporter.config import ConfigError, load_settings
-from exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.cli import cli
+from elevate_import_exporter.config import ConfigError, load_settings
+from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import EXPORTER_ENV, ExporterProcess, ExporterProcessFor
 from tests.support import Scrape, wait_until
 

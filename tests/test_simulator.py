@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from exporter.simulator import (
+from elevate_import_exporter.simulator import (
     DEMO_UNKNOWN_ID,
     FINAL_STATUSES,
     ScenarioError,

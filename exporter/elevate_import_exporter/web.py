@@ -19,12 +19,12 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__
-from exporter.client import ElevateClient
-from exporter.collector import ImportCollector
-from exporter.config import Settings
-from exporter.ids import TrackedIds
-from exporter.poller import ImportState, Poller, RequestStats
+from elevate_import_exporter import __version__
+from elevate_import_exporter.client import ElevateClient
+from elevate_import_exporter.collector import ImportCollector
+from elevate_import_exporter.config import Settings
+from elevate_import_exporter.ids import TrackedIds
+from elevate_import_exporter.poller import ImportState, Poller, RequestStats
 
 log = logging.getLogger(__name__)
 

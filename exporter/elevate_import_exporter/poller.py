@@ -17,7 +17,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from exporter.client import (
+from elevate_import_exporter.client import (
     ERROR_REASONS,
     FINAL_STATUSES,
     ApiError,
@@ -26,7 +26,7 @@ from exporter.client import (
     ImportInfo,
     Request,
 )
-from exporter.ids import TrackedIds
+from elevate_import_exporter.ids import TrackedIds
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

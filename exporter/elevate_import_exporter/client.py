@@ -21,8 +21,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
-from exporter import __version__
-from exporter.secret import Secret
+from elevate_import_exporter import __version__
+from elevate_import_exporter.secret import Secret
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_MESSAGE_CHARS = 200

@@ -22,16 +22,16 @@ from urllib.parse import urlsplit
 import click
 from click.core import ParameterSource
 
-from exporter import __version__, logs
-from exporter.config import (
+from elevate_import_exporter import __version__, logs
+from elevate_import_exporter.config import (
     DEFAULT_LISTEN_ADDRESS,
     ConfigError,
     Settings,
     load_settings,
     parse_listen_address,
 )
-from exporter.ids import IdsFileError
-from exporter.simulator import (
+from elevate_import_exporter.ids import IdsFileError
+from elevate_import_exporter.simulator import (
     DEMO_UNKNOWN_ID,
     ScenarioError,
     ScriptedImport,
@@ -40,9 +40,9 @@ from exporter.simulator import (
     generated_imports,
     load_scenario,
 )
-from exporter.web import Exporter, ListenError
+from elevate_import_exporter.web import Exporter, ListenError
 
-log = logging.getLogger("exporter")
+log = logging.getLogger("elevate_import_exporter")
 
 SIMULATOR_LISTEN_ADDRESS = "127.0.0.1:10026"
 SIMULATOR_DEFAULT_KEY = "simulator-key"

@@ -15,9 +15,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from exporter import __version__
-from exporter.client import DOCUMENTED_STATUSES
-from exporter.poller import (
+from elevate_import_exporter import __version__
+from elevate_import_exporter.client import DOCUMENTED_STATUSES
+from elevate_import_exporter.poller import (
     LATENCY_BUCKETS,
     ApiStats,
     ImportState,

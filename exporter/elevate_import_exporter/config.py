@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from exporter.ids import ID_RULE, is_valid_import_id
-from exporter.secret import Secret
+from elevate_import_exporter.ids import ID_RULE, is_valid_import_id
+from elevate_import_exporter.secret import Secret
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("logfmt", "json")

@@ -1,0 +1,3 @@
+from elevate_import_exporter.cli import main
+
+main()
