@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from elevate_import_exporter.app import Application as Exporter
 from elevate_import_exporter.simulator import Simulator
-from elevate_import_exporter.web import Exporter
 from tests.support import Exporters, free_port, stop_process, wait_until
 
 SIM_KEY = "sim-key"

@@ -113,14 +113,18 @@ class Exporters:
         self._started: list[Any] = []
 
     def start(self, base_url: str, ids: Iterable[str] = (), **options: Any) -> Any:
+        from elevate_import_exporter.app import Application
         from elevate_import_exporter.config import load_settings
-        from elevate_import_exporter.web import Exporter
 
         options.setdefault("api_key", "sim-key")
         options.setdefault("listen_address", "127.0.0.1:0")
-        exporter = Exporter(load_settings(base_url=base_url, import_ids=list(ids), **options))
+        # Every scrape polls, unless a test is about the minimum interval.
+        options.setdefault("min_poll_interval", "0s")
+        exporter = Application(load_settings(base_url=base_url, import_ids=list(ids), **options))
         self._started.append(exporter)
         exporter.start()
+        # The first round runs at start-up; tests begin once it has ended.
+        assert exporter.wait_ready(60), "the first poll round did not end"
         return exporter
 
     def stop_all(self) -> None:

@@ -12,7 +12,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from elevate_import_exporter.web import Exporter
+from elevate_import_exporter.app import Application as Exporter
 from tests.conftest import ExporterFor
 from tests.support import Scrape, free_port, scrape
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from elevate_import_exporter.client import ERROR_REASONS, Request
-from elevate_import_exporter.poller import LATENCY_BUCKETS, RequestStats
+from elevate_import_exporter.model import ERROR_REASONS
+from elevate_import_exporter.model import RequestRecord as Request
+from elevate_import_exporter.stats import LATENCY_BUCKETS, RequestStats
 
 
 def test_a_latency_equal_to_a_bucket_bound_lands_in_that_bucket_and_a_huge_one_in_inf() -> None:

@@ -16,6 +16,7 @@ import pytest
 from elevate_import_exporter.simulator import (
     DEMO_UNKNOWN_ID,
     FINAL_STATUSES,
+    SCENARIO_FORMAT,
     ScenarioError,
     ScriptedImport,
     Simulator,
@@ -437,6 +438,28 @@ def test_a_scenario_file_is_loaded_with_defaults(tmp_path: Path) -> None:
         ScriptedImport("42", (Step("IN_PROGRESS"),), type=None),
         ScriptedImport("43", (Step("ABORTED"),), type="ADS"),
     ]
+
+
+def test_the_scenario_format_shown_in_help_has_an_example_that_loads(tmp_path: Path) -> None:
+    # The example runs from the first "[" to the key list, which starts with the line "id ...".
+    before_keys = SCENARIO_FORMAT.split("\nid ")[0]
+    path = tmp_path / "scenario.json"
+    path.write_text(before_keys[before_keys.index("[") :])
+
+    assert load_scenario(path) == [
+        ScriptedImport(
+            "1001",
+            (
+                Step("WAITING", seconds=5),
+                Step("IN_PROGRESS", queries=3),
+                Step("FAILURE", message="No title"),
+            ),
+            type="PRODUCTS",
+        ),
+        ScriptedImport("1002", (Step("IN_PROGRESS"),), type=None),
+    ]
+    assert len(SCENARIO_FORMAT.splitlines()) <= 15
+    assert max(len(line) for line in SCENARIO_FORMAT.splitlines()) <= 79
 
 
 def one_import(**changes: Any) -> str:

@@ -1,7 +1,8 @@
 """The command line: ``run``, ``demo`` and ``simulate``. The only module that imports click.
 
-Flags are parsed here and handed over as raw strings; :mod:`exporter.config`
-decides what a good value is. Errors of the core become exit status 2 here.
+Flags are built from :mod:`elevate_import_exporter.config`'s option table and
+handed over as raw strings; the configuration decides what a good value is.
+Errors of the core become exit status 2 here, and logging is configured here once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import re
 import secrets
 import signal
-import time
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,16 +24,24 @@ import click
 from click.core import ParameterSource
 
 from elevate_import_exporter import __version__, logs
+from elevate_import_exporter.app import Application
 from elevate_import_exporter.config import (
-    DEFAULT_LISTEN_ADDRESS,
+    LOG_OPTIONS,
+    RUN_OPTIONS,
     ConfigError,
+    Option,
     Settings,
+    check_key,
+    choice,
     load_settings,
     parse_listen_address,
+    read_key_file,
 )
-from elevate_import_exporter.ids import IdsFileError
+from elevate_import_exporter.idsfile import IdsFileError
 from elevate_import_exporter.simulator import (
     DEMO_UNKNOWN_ID,
+    SCENARIO_FORMAT,
+    STATUS_PATH,
     ScenarioError,
     ScriptedImport,
     Simulator,
@@ -40,12 +49,16 @@ from elevate_import_exporter.simulator import (
     generated_imports,
     load_scenario,
 )
-from elevate_import_exporter.web import Exporter, ListenError
+from elevate_import_exporter.web import ListenError
 
 log = logging.getLogger("elevate_import_exporter")
 
 SIMULATOR_LISTEN_ADDRESS = "127.0.0.1:10026"
 SIMULATOR_DEFAULT_KEY = "simulator-key"
+# The demo behaves as if Prometheus scraped it this often, so its page moves by itself.
+DEMO_SCRAPE_INTERVAL = 2.0
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 class SetupError(click.ClickException):
@@ -62,8 +75,32 @@ def _split_ids(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
     return list(values)
 
 
-def _option(*decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option(*decls, show_envvar=True, show_default=True, **kwargs)
+def _flag(option: Option, **overrides: Any) -> Decorator:
+    settings: dict[str, Any] = {
+        "envvar": option.env,
+        "default": option.default,
+        "help": option.help,
+        "multiple": option.multiple,
+        "show_envvar": True,
+        "show_default": True,
+    }
+    if option.multiple:
+        settings["callback"] = _split_ids
+    settings.update(overrides)
+    return click.option(option.flag, option.dest, **settings)
+
+
+def _flags(*options: Option) -> Decorator:
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = _flag(option)(command)
+        return command
+
+    return apply
+
+
+_LISTEN = next(o for o in RUN_OPTIONS if o.dest == "listen_address")
+_KEY_FILE = next(o for o in RUN_OPTIONS if o.dest == "api_key_file")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,139 +109,41 @@ def cli() -> None:
     """Prometheus exporter for the status of Voyado Elevate background imports."""
 
 
-_LOG_OPTIONS = (
-    _option(
-        "--log.level",
-        "log_level",
-        envvar="ELEVATE_EXPORTER_LOG_LEVEL",
-        default="info",
-        help="debug, info, warning or error.",
-    ),
-    _option(
-        "--log.format",
-        "log_format",
-        envvar="ELEVATE_EXPORTER_LOG_FORMAT",
-        default="logfmt",
-        help="logfmt or json.",
-    ),
-)
-
-
-def _with(
-    options: tuple[Callable[[Callable[..., Any]], Callable[..., Any]], ...],
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return apply
-
-
 @cli.command()
-@_option(
-    "--elevate.cluster-id",
-    "cluster_id",
-    envvar="ELEVATE_CLUSTER_ID",
-    help="Cluster id; the API is then https://{id}.api.esales.apptus.cloud.",
-)
-@_option(
-    "--elevate.base-url",
-    "base_url",
-    envvar="ELEVATE_BASE_URL",
-    help="Full base URL of the API; wins over the cluster id.",
-)
-@_option(
-    "--elevate.api-key-file",
-    "api_key_file",
-    envvar="ELEVATE_API_KEY_FILE",
-    help="File holding the Api-Key. Or set ELEVATE_API_KEY; no flag takes the key itself.",
-)
-@_option(
-    "--elevate.import-id",
-    "import_ids",
-    envvar="ELEVATE_IMPORT_IDS",
-    multiple=True,
-    callback=_split_ids,
-    help="Import id to track; repeatable. The variable takes a comma or space separated list.",
-)
-@_option(
-    "--elevate.import-ids-file",
-    "ids_file",
-    envvar="ELEVATE_IMPORT_IDS_FILE",
-    help="File of ids, one a line, '#' comments allowed; re-read when it changes.",
-)
-@_option(
-    "--elevate.concurrency",
-    "concurrency",
-    envvar="ELEVATE_CONCURRENCY",
-    default="8",
-    help="Status requests in flight at once.",
-)
-@_option(
-    "--elevate.timeout",
-    "timeout",
-    envvar="ELEVATE_TIMEOUT",
-    default="5",
-    help="Seconds for one status request.",
-)
-@_option(
-    "--elevate.retries",
-    "retries",
-    envvar="ELEVATE_RETRIES",
-    default="1",
-    help="Extra tries after a 5xx, 429, timeout or connection error, within the scrape deadline.",
-)
-@_option(
-    "--web.listen-address",
-    "listen_address",
-    envvar="ELEVATE_EXPORTER_LISTEN_ADDRESS",
-    default=DEFAULT_LISTEN_ADDRESS,
-    help="[host]:port to serve on.",
-)
-@_option(
-    "--web.telemetry-path",
-    "telemetry_path",
-    envvar="ELEVATE_EXPORTER_TELEMETRY_PATH",
-    default="/metrics",
-    help="Path of the metrics.",
-)
-@_with(_LOG_OPTIONS)
+@_flags(*RUN_OPTIONS, *LOG_OPTIONS)
 def run(**options: Any) -> None:
-    """Run the exporter."""
+    """Run the exporter. SIGHUP re-reads the ids file; SIGTERM and SIGINT stop it."""
     settings = _settings(api_key=os.environ.get("ELEVATE_API_KEY"), **options)
     logs.configure(settings.log_level, settings.log_format, [settings.api_key.reveal()])
-    exporter = _start(settings)
+    app = _start(settings)
     _warn_if_key_goes_in_clear(settings.base_url)
     log.info(
         "serving metrics at %s%s for %d import ids (Elevate at %s)",
-        exporter.url,
+        app.url,
         settings.telemetry_path,
-        len(exporter.poller.snapshot().imports),
+        len(app.ids.current()),
         settings.base_url,
     )
-    _serve_until_stopped(exporter.serve_forever, exporter.stop)
+    _serve_until_stopped(app.serve_forever, app.stop, reload=app.reload)
 
 
 @cli.command()
-@_option(
-    "--web.listen-address",
-    "listen_address",
-    envvar="ELEVATE_EXPORTER_LISTEN_ADDRESS",
-    default=DEFAULT_LISTEN_ADDRESS,
-    help="[host]:port the exporter serves on.",
-)
-@_option(
+@_flag(_LISTEN, help="[host]:port the exporter serves on.")
+@click.option(
     "--simulator.listen-address",
     "simulator_address",
     envvar="ELEVATE_SIMULATOR_LISTEN_ADDRESS",
     default=SIMULATOR_LISTEN_ADDRESS,
+    show_envvar=True,
+    show_default=True,
     help="[host]:port of the simulated Elevate API.",
 )
-@_with(_LOG_OPTIONS)
+@_flags(*LOG_OPTIONS)
 def demo(listen_address: str, simulator_address: str, log_level: str, log_format: str) -> None:
     """Try it: a simulated Elevate API with scripted imports, and the exporter watching it."""
+    level, fmt = _log_settings(log_level, log_format)
     key = secrets.token_urlsafe(24)
+    logs.configure(level, fmt, [key])
     imports = demo_imports()
     ids = [imp.id for imp in imports] + [DEMO_UNKNOWN_ID]
     with _simulator(imports, key, simulator_address) as simulator:
@@ -213,54 +152,64 @@ def demo(listen_address: str, simulator_address: str, log_level: str, log_format
             api_key=key,
             import_ids=ids,
             listen_address=listen_address,
-            log_level=log_level,
-            log_format=log_format,
+            min_poll_interval=f"{DEMO_SCRAPE_INTERVAL:g}s",
+            log_level=level,
+            log_format=fmt,
         )
-        logs.configure(settings.log_level, settings.log_format, [key])
-        exporter = _start(settings)
+        app = _start(settings)
+        stop_scraping = app.scrape_every(DEMO_SCRAPE_INTERVAL)
         click.echo(
             f"Elevate import exporter {__version__}: demo\n"
-            f"  exporter:           {exporter.url}/   (metrics: {exporter.url}/metrics)\n"
-            f"  simulated Elevate:  {simulator.url}/api/v2/import/status/{{id}}\n"
+            f"  exporter:           {app.url}/   (metrics: {app.url}{settings.telemetry_path})\n"
+            f"  simulated Elevate:  {simulator.url}{STATUS_PATH}{{id}}\n"
             f"Tracking {len(ids)} imports: two succeed, one fails, one stays in progress, "
             f"one is aborted, one is unknown to the cluster.\n"
-            f"They move over the next 30 seconds; reload the page to follow them. "
+            f"They move over the next 30 seconds; the page follows them by itself "
+            f"(the demo polls every {DEMO_SCRAPE_INTERVAL:g} s, as Prometheus would scrape). "
             f"Ctrl-C stops."
         )
-        _serve_until_stopped(exporter.serve_forever, exporter.stop)
+
+        def cleanup() -> None:
+            stop_scraping()
+            app.stop()
+
+        _serve_until_stopped(app.serve_forever, cleanup)
 
 
-@cli.command()
-@_option(
-    "--web.listen-address",
-    "listen_address",
+@cli.command(epilog="\b\n" + SCENARIO_FORMAT)
+@_flag(
+    _LISTEN,
     envvar="ELEVATE_SIMULATOR_LISTEN_ADDRESS",
     default=SIMULATOR_LISTEN_ADDRESS,
     help="[host]:port to serve the simulated API on.",
 )
-@_option(
-    "--elevate.api-key-file",
-    "api_key_file",
-    envvar="ELEVATE_API_KEY_FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
+@_flag(
+    _KEY_FILE,
     help=f"File holding the Api-Key to accept. Or ELEVATE_API_KEY; else '{SIMULATOR_DEFAULT_KEY}'.",
 )
-@_option(
+@click.option(
     "--scenario",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSON file of scripted imports. Without it (and --generate-imports): the demo imports.",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON file of scripted imports (format below). Without it (and --generate-imports): "
+    "the demo imports.",
 )
-@_option("--generate-imports", type=click.IntRange(0, 1_000_000), default=0, help="Add N imports.")
-@_option("--generated-status", default="IN_PROGRESS", help="Status of the generated imports.")
-@_option("--latency", type=click.FloatRange(0, 60), default=0.0, help="Seconds before answering.")
-@_option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of 503 answers.")
-@_option("--fail-id", multiple=True, help="Id answered with 500; repeatable.")
-@_option("--hang-id", multiple=True, help="Id whose answer hangs for 30 s; repeatable.")
-@_option("--garbage-id", multiple=True, help="Id answered with a body that is not JSON.")
-@_with(_LOG_OPTIONS)
+@click.option(
+    "--generate-imports", type=click.IntRange(0, 1_000_000), default=0, help="Add N imports."
+)
+@click.option("--generated-status", default="IN_PROGRESS", help="Status of the generated imports.")
+@click.option(
+    "--latency", type=click.FloatRange(0, 60), default=0.0, help="Seconds before answering."
+)
+@click.option(
+    "--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of 503 answers."
+)
+@click.option("--fail-id", multiple=True, help="Id answered with 500; repeatable.")
+@click.option("--hang-id", multiple=True, help="Id whose answer hangs for 30 s; repeatable.")
+@click.option("--garbage-id", multiple=True, help="Id answered with a body that is not JSON.")
+@_flags(*LOG_OPTIONS)
 def simulate(
     listen_address: str,
-    api_key_file: Path | None,
+    api_key_file: str | None,
     scenario: Path | None,
     generate_imports: int,
     generated_status: str,
@@ -273,8 +222,9 @@ def simulate(
     log_format: str,
 ) -> None:
     """Serve a simulated Elevate Web API v2 (for trials, tests and benchmarks)."""
-    logs.configure(_log_choice(log_level), "json" if log_format == "json" else "logfmt")
+    level, fmt = _log_settings(log_level, log_format)
     key = _simulator_key(api_key_file)
+    logs.configure(level, fmt, [key])
     imports: list[ScriptedImport] = []
     if scenario is not None:
         try:
@@ -293,12 +243,24 @@ def simulate(
     }
     with _simulator(imports, key, listen_address, **options) as simulator:
         click.echo(f"simulated Elevate API at {simulator.url} with {len(imports)} imports")
-        _serve_until_stopped(_sleep_forever, lambda: None)
+        stopped = threading.Event()
+        _serve_until_stopped(lambda: stopped.wait(), stopped.set)
 
 
 def _settings(**options: Any) -> Settings:
     try:
         return load_settings(**options)
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def _log_settings(level: str, fmt: str) -> tuple[str, str]:
+    by_dest = {o.dest: o for o in LOG_OPTIONS}
+    try:
+        return (
+            choice(level, by_dest["log_level"].flag, logs.LOG_LEVELS),
+            choice(fmt, by_dest["log_format"].flag, logs.LOG_FORMATS),
+        )
     except ConfigError as exc:
         raise SetupError(str(exc)) from None
 
@@ -309,9 +271,9 @@ def _warn_if_key_goes_in_clear(base_url: str) -> None:
         log.warning("the API key goes to %s unencrypted: use an https:// base URL", host)
 
 
-def _start(settings: Settings) -> Exporter:
+def _start(settings: Settings) -> Application:
     try:
-        return Exporter(settings)
+        return Application(settings)
     except (IdsFileError, ListenError) as exc:
         raise SetupError(str(exc)) from None
 
@@ -335,50 +297,62 @@ def _simulator(
         simulator.stop()
 
 
-def _simulator_key(path: Path | None) -> str:
-    if path is not None:
-        try:
-            key = path.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise SetupError(f"cannot read the API key file {path}: {exc.strerror}") from None
-        if not key:
-            raise SetupError(f"the API key file {path} is empty")
-        return key
-    return os.environ.get("ELEVATE_API_KEY") or SIMULATOR_DEFAULT_KEY
-
-
-def _log_choice(level: str) -> str:
-    lowered = level.lower()
-    if lowered not in ("debug", "info", "warning", "error"):
-        raise SetupError(f"--log.level must be one of debug, info, warning, error, got {level!r}")
-    return lowered
+def _simulator_key(path: str | None) -> str:
+    try:
+        if path:
+            return check_key(read_key_file(path), f"the API key file {path}")
+        from_env = os.environ.get("ELEVATE_API_KEY")
+        if from_env:
+            return check_key(from_env, "ELEVATE_API_KEY")
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
+    return SIMULATOR_DEFAULT_KEY
 
 
 class _Stopped(Exception):
     pass
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> NoReturn:
+def _on_stop(signum: int, _frame: FrameType | None) -> NoReturn:
     raise _Stopped(signal.Signals(signum).name)
 
 
-def _serve_until_stopped(serve: Callable[[], None], cleanup: Callable[[], None]) -> None:
-    """Serve in the main thread until SIGTERM or SIGINT, then clean up and return (exit 0)."""
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+def _serve_until_stopped(
+    serve: Callable[[], object],
+    cleanup: Callable[[], None],
+    reload: Callable[[], None] | None = None,
+) -> None:
+    """Serve in the main thread until SIGTERM or SIGINT, then clean up and return (exit 0).
+
+    SIGHUP calls ``reload`` (or is logged and ignored without one): its default
+    action would end the process without a word.
+    """
+
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        log.info("SIGHUP received: reloading")
+        if reload is None:
+            return
+        # Off the signal handler: a reload may take locks the interrupted thread holds.
+        threading.Thread(target=_reload_logged, args=(reload,), name="reload").start()
+
+    signal.signal(signal.SIGTERM, _on_stop)
+    signal.signal(signal.SIGINT, _on_stop)
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         serve()
     except _Stopped as stop:
         log.info("stopping on %s", stop)
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
         cleanup()
 
 
-def _sleep_forever() -> None:
-    while True:
-        time.sleep(3600)
+def _reload_logged(reload: Callable[[], None]) -> None:
+    try:
+        reload()
+    except Exception:
+        log.exception("reload failed")
 
 
 def main() -> None:

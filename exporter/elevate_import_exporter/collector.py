@@ -16,35 +16,29 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.client import DOCUMENTED_STATUSES
-from elevate_import_exporter.poller import (
-    LATENCY_BUCKETS,
-    ApiStats,
-    ImportState,
-    Poller,
-    RequestStats,
-    RoundResult,
-    Snapshot,
-)
+from elevate_import_exporter.model import DOCUMENTED_STATUSES
+from elevate_import_exporter.poller import ImportState, Poller, RoundResult, Snapshot
+from elevate_import_exporter.stats import LATENCY_BUCKETS, ApiStats, RequestStats
 
 
 class ImportCollector(Collector):
-    def __init__(self, poller: Poller) -> None:
+    def __init__(self, poller: Poller, stats: RequestStats) -> None:
         self._poller = poller
+        self._stats = stats
 
     def describe(self) -> Iterator[Metric]:
         # The same families without samples: lets the registry refuse a clashing
         # collector without running a poll.
-        return _families(Snapshot({}, None, RequestStats().snapshot()))
+        return _families(Snapshot({}, None), RequestStats().snapshot())
 
     def collect(self) -> Iterator[Metric]:
-        return _families(self._poller.snapshot())
+        return _families(self._poller.snapshot(), self._stats.snapshot())
 
 
-def _families(snapshot: Snapshot) -> Iterator[Metric]:
+def _families(snapshot: Snapshot, api: ApiStats) -> Iterator[Metric]:
     yield from _import_families(snapshot.imports)
     yield from _round_families(snapshot.last_round, len(snapshot.imports))
-    yield from _api_families(snapshot.api)
+    yield from _api_families(api)
     yield _build_info()
 
 

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from elevate_import_exporter.ids import ID_RULE, is_valid_import_id
+from elevate_import_exporter.logs import LOG_FORMATS, LOG_LEVELS
+from elevate_import_exporter.model import ID_RULE, is_valid_import_id
 from elevate_import_exporter.secret import Secret
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("logfmt", "json")
-DEFAULT_LISTEN_ADDRESS = ":10025"
 MAX_CONCURRENCY = 256
 MAX_RETRIES = 10
 MAX_TIMEOUT = 300.0
+MAX_MIN_POLL_INTERVAL = 24 * 3600.0
+MAX_TRACKED_LIMIT = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -30,19 +30,149 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Option:
+    """One setting as users see it: flag, environment variable, default, help.
+
+    The one place each of these is written; the CLI builds its flags from it and
+    :func:`load_settings` takes its defaults from it.
+    """
+
+    flag: str
+    dest: str
+    env: str
+    help: str
+    default: str | None = None
+    multiple: bool = False
+
+
+RUN_OPTIONS = (
+    Option(
+        "--elevate.cluster-id",
+        "cluster_id",
+        "ELEVATE_CLUSTER_ID",
+        "Cluster id; the API is then https://{id}.api.esales.apptus.cloud.",
+    ),
+    Option(
+        "--elevate.base-url",
+        "base_url",
+        "ELEVATE_BASE_URL",
+        "Full base URL of the API; wins over the cluster id.",
+    ),
+    Option(
+        "--elevate.api-key-file",
+        "api_key_file",
+        "ELEVATE_API_KEY_FILE",
+        "File holding the Api-Key. Or set ELEVATE_API_KEY; no flag takes the key itself.",
+    ),
+    Option(
+        "--elevate.import-id",
+        "import_ids",
+        "ELEVATE_IMPORT_IDS",
+        "Import id to track; repeatable. The variable takes a comma or space separated list.",
+        multiple=True,
+    ),
+    Option(
+        "--elevate.import-ids-file",
+        "ids_file",
+        "ELEVATE_IMPORT_IDS_FILE",
+        "File of ids, one a line, '#' comments allowed; re-read when it changes or on SIGHUP.",
+    ),
+    Option(
+        "--elevate.concurrency",
+        "concurrency",
+        "ELEVATE_CONCURRENCY",
+        "Status requests in flight at once.",
+        "8",
+    ),
+    Option(
+        "--elevate.timeout",
+        "timeout",
+        "ELEVATE_TIMEOUT",
+        "Seconds for one status request.",
+        "5",
+    ),
+    Option(
+        "--elevate.retries",
+        "retries",
+        "ELEVATE_RETRIES",
+        "Extra tries after a 5xx, 429, timeout or connection error, within the scrape deadline.",
+        "1",
+    ),
+    Option(
+        "--elevate.min-poll-interval",
+        "min_poll_interval",
+        "ELEVATE_MIN_POLL_INTERVAL",
+        "A scrape sooner than this after the last poll round ended is answered from that "
+        "round, without asking Elevate. 0s polls on every scrape.",
+        "10s",
+    ),
+    Option(
+        "--imports.max-tracked",
+        "max_tracked",
+        "ELEVATE_EXPORTER_IMPORTS_MAX_TRACKED",
+        "Most import ids tracked at once; ids beyond it are refused with a warning.",
+        "10000",
+    ),
+    Option(
+        "--web.listen-address",
+        "listen_address",
+        "ELEVATE_EXPORTER_LISTEN_ADDRESS",
+        "[host]:port to serve on.",
+        ":10025",
+    ),
+    Option(
+        "--web.telemetry-path",
+        "telemetry_path",
+        "ELEVATE_EXPORTER_TELEMETRY_PATH",
+        "Path of the metrics.",
+        "/metrics",
+    ),
+)
+LOG_OPTIONS = (
+    Option(
+        "--log.level",
+        "log_level",
+        "ELEVATE_EXPORTER_LOG_LEVEL",
+        f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}.",
+        "info",
+    ),
+    Option(
+        "--log.format",
+        "log_format",
+        "ELEVATE_EXPORTER_LOG_FORMAT",
+        f"{' or '.join(LOG_FORMATS)}.",
+        "logfmt",
+    ),
+)
+_DEFAULTS = {option.dest: option.default for option in (*RUN_OPTIONS, *LOG_OPTIONS)}
+
+
+def default(dest: str) -> str:
+    """The default of a setting, as users write it."""
+    value = _DEFAULTS[dest]
+    if value is None:
+        raise KeyError(dest)
+    return value
+
+
+@dataclass(frozen=True)
 class Settings:
+    """Validated settings of ``run``; build them with :func:`load_settings`."""
+
     base_url: str
     api_key: Secret = field(repr=False)
-    import_ids: tuple[str, ...] = ()
-    ids_file: Path | None = None
-    concurrency: int = 8
-    timeout: float = 5.0
-    retries: int = 1
-    listen_host: str = ""
-    listen_port: int = 10025
-    telemetry_path: str = "/metrics"
-    log_level: str = "info"
-    log_format: str = "logfmt"
+    import_ids: tuple[str, ...]
+    ids_file: Path | None
+    concurrency: int
+    timeout: float
+    retries: int
+    min_poll_interval: float
+    max_tracked: int
+    listen_host: str
+    listen_port: int
+    telemetry_path: str
+    log_level: str
+    log_format: str
 
 
 def cluster_url(cluster_id: str) -> str:
@@ -57,13 +187,15 @@ def load_settings(
     api_key_file: str | None = None,
     import_ids: Iterable[str] = (),
     ids_file: str | None = None,
-    concurrency: str | int = 8,
-    timeout: str | float = 5.0,
-    retries: str | int = 1,
-    listen_address: str = DEFAULT_LISTEN_ADDRESS,
-    telemetry_path: str = "/metrics",
-    log_level: str = "info",
-    log_format: str = "logfmt",
+    concurrency: str | int = default("concurrency"),
+    timeout: str | float = default("timeout"),
+    retries: str | int = default("retries"),
+    min_poll_interval: str = default("min_poll_interval"),
+    max_tracked: str | int = default("max_tracked"),
+    listen_address: str = default("listen_address"),
+    telemetry_path: str = default("telemetry_path"),
+    log_level: str = default("log_level"),
+    log_format: str = default("log_format"),
 ) -> Settings:
     """Validate raw option values into :class:`Settings` or raise :class:`ConfigError`.
 
@@ -78,11 +210,15 @@ def load_settings(
         concurrency=_whole_number(concurrency, "--elevate.concurrency", 1, MAX_CONCURRENCY),
         timeout=_seconds(timeout, "--elevate.timeout"),
         retries=_whole_number(retries, "--elevate.retries", 0, MAX_RETRIES),
+        min_poll_interval=_duration(
+            min_poll_interval, "--elevate.min-poll-interval", MAX_MIN_POLL_INTERVAL
+        ),
+        max_tracked=_whole_number(max_tracked, "--imports.max-tracked", 1, MAX_TRACKED_LIMIT),
         listen_host=host,
         listen_port=port,
         telemetry_path=_telemetry_path(telemetry_path),
-        log_level=_choice(log_level, "--log.level", LOG_LEVELS),
-        log_format=_choice(log_format, "--log.format", LOG_FORMATS),
+        log_level=choice(log_level, "--log.level", LOG_LEVELS),
+        log_format=choice(log_format, "--log.format", LOG_FORMATS),
     )
 
 
@@ -120,11 +256,7 @@ def _api_key(from_env: str | None, path: str | None) -> Secret:
             "use one"
         )
     if path:
-        try:
-            key = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ConfigError(f"cannot read the API key file {path}: {reason}") from None
+        key = read_key_file(path)
         where = f"the API key file {path}"
     elif from_env:
         key = from_env
@@ -133,13 +265,26 @@ def _api_key(from_env: str | None, path: str | None) -> Secret:
         raise ConfigError(
             "no API key: set ELEVATE_API_KEY or --elevate.api-key-file (ELEVATE_API_KEY_FILE)"
         )
+    return Secret(check_key(key, where))
+
+
+def read_key_file(path: str | Path) -> str:
+    """The key in a file, without its trailing line break; :class:`ConfigError` if unreadable."""
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read the API key file {path}: {reason}") from None
+
+
+def check_key(key: str, where: str) -> str:
+    """``key`` if it can go into an HTTP header; the message never quotes the key itself."""
     if not key.strip():
         raise ConfigError(f"{where} is empty")
-    # The key goes into an HTTP header: a control character would split or break it.
-    # The message never quotes the key itself.
+    # A control character would split or break the header.
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key) or not key.isascii():
         raise ConfigError(f"{where} holds a line break, control or non-ASCII character")
-    return Secret(key)
+    return key
 
 
 def _import_ids(values: Iterable[str]) -> tuple[str, ...]:
@@ -173,7 +318,36 @@ def _seconds(value: str | float, name: str) -> float:
     return number
 
 
-def _choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+_DURATION = re.compile(
+    r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?"
+)
+_UNIT_SECONDS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds of a duration in Prometheus' syntax (``90s``, ``15m``, ``1h30m``, ``0``)."""
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    match = _DURATION.fullmatch(text)
+    if not text or match is None:
+        return None
+    return float(
+        sum(int(n) * unit for n, unit in zip(match.groups(), _UNIT_SECONDS, strict=True) if n)
+    )
+
+
+def _duration(value: str, name: str, high: float) -> float:
+    seconds = parse_duration(str(value))
+    if seconds is None or seconds > high:
+        raise ConfigError(
+            f"{name} must be a duration such as 30s, 5m or 0s, at most {high:g}s, got {value!r}"
+        )
+    return seconds
+
+
+def choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    """``value`` lower-cased if it is one of ``choices``, else :class:`ConfigError`."""
     lowered = value.strip().lower()
     if lowered not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

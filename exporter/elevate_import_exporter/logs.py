@@ -14,6 +14,8 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+LOG_LEVELS = tuple(_LEVELS)
+LOG_FORMATS = ("logfmt", "json")
 
 
 def _fields(record: logging.LogRecord) -> dict[str, str]:

@@ -6,36 +6,34 @@ its result, so concurrent scrapes never multiply the requests sent to Elevate.
 
 from __future__ import annotations
 
-import bisect
 import logging
-import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Protocol
 
-from elevate_import_exporter.client import (
-    ERROR_REASONS,
-    FINAL_STATUSES,
-    ApiError,
-    ElevateClient,
-    ElevateError,
-    ImportInfo,
-    Request,
-)
-from elevate_import_exporter.ids import TrackedIds
+from elevate_import_exporter.model import ApiError, ImportInfo, QueryError
+from elevate_import_exporter.sources import TrackedIds
+from elevate_import_exporter.workers import Workers
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-# Prometheus' default buckets suit request latencies from a few ms to the timeout.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 # Enough warning lines to see what goes wrong without flooding the log when a
 # whole cluster fails for thousands of ids.
 _WARNINGS_PER_ROUND = 20
+
+
+class StatusQuery(Protocol):
+    """What the poller needs of an API flavour: one import's status, by a deadline."""
+
+    def import_status(
+        self, import_id: str, deadline: float, stop: threading.Event
+    ) -> ImportInfo: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +43,12 @@ class ImportState:
     info: ImportInfo | None = None
     status_since: float | None = None
     poll_success: bool = False
+    # When the latest answer (good or not) for the id came in; None: never asked.
+    last_polled: float | None = None
 
     @property
     def final(self) -> bool:
-        return self.info is not None and self.info.status in FINAL_STATUSES
+        return self.info is not None and self.info.final
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,88 +56,14 @@ class RoundResult:
     up: bool
     seconds: float
     queried: int
-
-
-@dataclass(frozen=True)
-class ApiStats:
-    requests: Mapping[str, int]
-    errors: Mapping[str, int]
-    bucket_counts: tuple[int, ...]  # per bucket of LATENCY_BUCKETS, then +Inf; not cumulative
-    latency_sum: float
-
-
-class RequestStats:
-    """Counters of the status requests sent, fed by the client from its worker threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: Counter[str] = Counter()
-        self._errors: Counter[str] = Counter(dict.fromkeys(ERROR_REASONS, 0))
-        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._sum = 0.0
-
-    def record(self, request: Request) -> None:
-        # bisect_left puts a value equal to a bound in that bound's bucket (le).
-        index = bisect.bisect_left(LATENCY_BUCKETS, request.seconds)
-        with self._lock:
-            self._requests[request.code] += 1
-            if request.error is not None:
-                self._errors[request.error] += 1
-            self._buckets[index] += 1
-            self._sum += request.seconds
-
-    def snapshot(self) -> ApiStats:
-        with self._lock:
-            return ApiStats(
-                dict(self._requests), dict(self._errors), tuple(self._buckets), self._sum
-            )
+    ended: float  # wall-clock time, as the poller's clock tells it
+    failures: Mapping[str, int] = field(default_factory=dict)  # ids without an answer, by why
 
 
 @dataclass(frozen=True)
 class Snapshot:
     imports: Mapping[str, ImportState]
     last_round: RoundResult | None
-    api: ApiStats
-
-
-class _Workers:
-    """A fixed set of daemon threads that run status queries.
-
-    ThreadPoolExecutor's workers are joined at interpreter exit, so a request stuck
-    on a hung connection would hold up a SIGTERM until its timeout; daemon threads
-    do not.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._tasks: queue.SimpleQueue[
-            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
-        ]
-        self._tasks = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"elevate-poll-{n}", daemon=True)
-            for n in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
-        future: Future[T] = Future()
-        self._tasks.put((future, function, args))
-        return future
-
-    def stop(self) -> None:
-        for _ in self._threads:
-            self._tasks.put(None)
-
-    def _work(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            future, function, args = task
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(function(*args))
-            except BaseException as error:  # handed to the round, which logs it
-                future.set_exception(error)
 
 
 @dataclass
@@ -148,53 +74,64 @@ class _Round:
 class Poller:
     def __init__(
         self,
-        client: ElevateClient,
+        api: StatusQuery,
         ids: TrackedIds,
-        stats: RequestStats,
         *,
         concurrency: int,
+        min_interval: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client
+        self._api = api
         self._ids = ids
-        self._stats = stats
+        self._min_interval = min_interval
         self._clock = clock
-        self._workers = _Workers(concurrency)
+        self._workers = Workers(concurrency)
         self._lock = threading.Lock()
         self._running: _Round | None = None
         # Replaced, never mutated, so a snapshot is a reference taken under the lock.
         self._imports: Mapping[str, ImportState] = {}
         self._last_round: RoundResult | None = None
+        self._last_end: float | None = None  # monotonic
         self._sync_ids()
 
     def close(self) -> None:
         self._workers.stop()
-        self._client.close()
+        self._api.close()
 
     def snapshot(self) -> Snapshot:
         with self._lock:
             imports, last_round = self._imports, self._last_round
-        return Snapshot(imports, last_round, self._stats.snapshot())
+        return Snapshot(imports, last_round)
 
     def poll(self, budget: float) -> None:
-        """Run a round that ends within ``budget`` seconds, or wait for the one running."""
+        """Run a round that ends within ``budget`` seconds, or wait for the one running.
+
+        Within the minimum interval after the last round ended, nothing is asked:
+        the state of that round stands, so that whoever can reach the port cannot
+        multiply the load on Elevate.
+        """
         deadline = time.monotonic() + budget
         with self._lock:
-            current = self._running
-            if current is None:
-                current = self._running = _Round()
-                leader = True
-            else:
-                leader = False
-        if not leader:
-            current.done.wait(max(0.0, deadline - time.monotonic()))
+            running = self._running
+            recent = self._last_end is not None and (
+                time.monotonic() - self._last_end < self._min_interval
+            )
+            if running is None and not recent:
+                mine = self._running = _Round()
+        if running is not None:
+            running.done.wait(max(0.0, deadline - time.monotonic()))
+            return
+        if recent:
+            # Ids that left their source leave at once, even between rounds.
+            self._sync_ids()
             return
         try:
             self._run(deadline)
         finally:
             with self._lock:
                 self._running = None
-            current.done.set()
+                self._last_end = time.monotonic()
+            mine.done.set()
 
     def _sync_ids(self) -> list[str]:
         """Follow the tracked ids: new ids start now, removed ids are forgotten."""
@@ -240,7 +177,7 @@ class Poller:
                     error.code,
                     error.detail,
                 )
-            elif not isinstance(error, ElevateError):
+            elif not isinstance(error, QueryError):
                 log.error("status query crashed for id=%s", import_id, exc_info=error)
         missing = len(pending) - len(done)
         if missing:
@@ -254,14 +191,18 @@ class Poller:
             )
         self._apply(answers)
         result = RoundResult(
-            up=not failures, seconds=time.monotonic() - started, queried=len(pending)
+            up=not failures,
+            seconds=time.monotonic() - started,
+            queried=len(pending),
+            ended=self._clock(),
+            failures=dict(failures),
         )
         with self._lock:
             self._last_round = result
 
     def _query(self, import_id: str, deadline: float, stop: threading.Event) -> ImportInfo:
         try:
-            return self._client.import_status(import_id, deadline, stop)
+            return self._api.import_status(import_id, deadline, stop)
         except ApiError as error:
             if error.concerns_whole_key:
                 stop.set()
@@ -276,7 +217,7 @@ class Poller:
                 if state is None:  # removed from the ids file while the round ran
                     continue
                 if info is None:
-                    imports[import_id] = replace(state, poll_success=False)
+                    imports[import_id] = replace(state, poll_success=False, last_polled=now)
                     continue
                 changed = state.info is None or state.info.status != info.status
                 if changed and state.info is not None:
@@ -292,5 +233,6 @@ class Poller:
                     info=info,
                     status_since=now if changed else state.status_since,
                     poll_success=True,
+                    last_polled=now,
                 )
             self._imports = imports

@@ -1,33 +1,24 @@
-"""The exporter's HTTP side: wiring of the parts, the endpoints, the landing page."""
+"""The exporter's HTTP side: routes requests to the application, nothing more."""
 
 from __future__ import annotations
 
-import gzip
-import html
 import logging
 import socket
-import threading
-from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.client import ElevateClient
-from elevate_import_exporter.collector import ImportCollector
-from elevate_import_exporter.config import Settings
-from elevate_import_exporter.ids import TrackedIds
-from elevate_import_exporter.poller import ImportState, Poller, RequestStats
+from elevate_import_exporter.exposition import render
+from elevate_import_exporter.landing import landing_page
+from elevate_import_exporter.poller import Snapshot
 
 log = logging.getLogger(__name__)
 
+# The poll budget without a scrape timeout to go by (and for the first round).
 DEFAULT_BUDGET = 10.0
 MIN_BUDGET = 0.1
 # Prometheus sends its scrape timeout; the poll must end this much earlier so that
@@ -37,6 +28,21 @@ BUDGET_MARGIN = 0.5
 
 class ListenError(Exception):
     """The HTTP server could not bind its address."""
+
+
+class Site(Protocol):
+    """What the HTTP side serves: the application, seen from here."""
+
+    registry: CollectorRegistry
+
+    @property
+    def telemetry_path(self) -> str: ...
+
+    def poll(self, budget: float) -> None: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def is_ready(self) -> bool: ...
 
 
 def scrape_budget(header: str | None) -> float:
@@ -51,129 +57,25 @@ def scrape_budget(header: str | None) -> float:
     return DEFAULT_BUDGET
 
 
-class Exporter:
-    """Everything ``run`` needs, built from :class:`Settings`; start it, then stop it."""
+class HttpServer:
+    """The endpoints of a :class:`Site` on ``host:port``; an empty host means every address."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        stats = RequestStats()
-        client = ElevateClient(
-            settings.base_url,
-            settings.api_key,
-            pool_size=settings.concurrency,
-            timeout=settings.timeout,
-            retries=settings.retries,
-            on_request=stats.record,
-        )
-        ids = TrackedIds(settings.import_ids, settings.ids_file)
-        self.poller = Poller(client, ids, stats, concurrency=settings.concurrency)
-        self.registry = CollectorRegistry()
-        self.registry.register(ImportCollector(self.poller))
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
-        try:
-            self._server = _bind(settings.listen_host, settings.listen_port, self)
-        except ListenError:
-            self.poller.close()
-            raise
-        self._thread: threading.Thread | None = None
-        self.ready = threading.Event()
+    def __init__(self, site: Site, host: str, port: int) -> None:
+        self._server = _bind(host, port, site)
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
 
-    @property
-    def url(self) -> str:
-        host = self.settings.listen_host or "localhost"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
-
     def serve_forever(self) -> None:
-        self.ready.set()
-        # The interval bounds how long stop() waits for the loop to notice.
+        # The interval bounds how long shutdown() waits for the loop to notice.
         self._server.serve_forever(poll_interval=0.05)
 
-    def start(self) -> None:
-        """Serve from a background thread (tests, the demo)."""
-        self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
-        self._thread.start()
+    def shutdown(self) -> None:
+        self._server.shutdown()
 
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
+    def close(self) -> None:
         self._server.server_close()
-        self.poller.close()
-
-    def metrics(self, accept: str, accept_encoding: str, budget: float) -> tuple[bytes, str, bool]:
-        self.poller.poll(budget)
-        encoder, content_type = choose_encoder(accept)
-        body = encoder(self.registry)
-        if "gzip" in accept_encoding:
-            return gzip.compress(body, compresslevel=6), content_type, True
-        return body, content_type, False
-
-    def landing_page(self) -> bytes:
-        snapshot = self.poller.snapshot()
-        rows = "\n".join(_row(state) for state in snapshot.imports.values())
-        path = html.escape(self.settings.telemetry_path)
-        page = _PAGE.format(
-            version=html.escape(__version__),
-            path=path,
-            count=len(snapshot.imports),
-            rows=rows or '<tr><td colspan="6">No import ids are tracked.</td></tr>',
-        )
-        return page.encode("utf-8")
-
-
-def _row(state: ImportState) -> str:
-    info = state.info
-    since = (
-        datetime.fromtimestamp(state.status_since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        if state.status_since is not None
-        else ""
-    )
-    cells = (
-        state.id,
-        info.type if info else "",
-        info.status if info else "unknown yet",
-        since,
-        info.message if info else "",
-        "yes" if state.poll_success else "no",
-    )
-    return "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Elevate import exporter</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
-</style>
-</head>
-<body>
-<h1>Elevate import exporter</h1>
-<p>Version {version}. <a href="{path}">Metrics</a> &middot;
-<a href="/-/healthy">Health</a> &middot; <a href="/-/ready">Readiness</a></p>
-<h2>Tracked imports ({count})</h2>
-<p>As of the latest scrape; this page does not query Elevate.</p>
-<table>
-<thead><tr><th>Id</th><th>Type</th><th>Status</th><th>Since</th><th>Message</th>
-<th>Last poll ok</th></tr></thead>
-<tbody>
-{rows}
-</tbody>
-</table>
-</body>
-</html>
-"""
 
 
 _TEXT = "text/plain; charset=utf-8"
@@ -190,44 +92,65 @@ class _Handler(BaseHTTPRequestHandler):
         # connection waits for the client's delayed ACK (~40 ms) between them.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
     def do_GET(self) -> None:
-        exporter = self.server.exporter
-        path = urlsplit(self.path).path
-        if path == exporter.settings.telemetry_path:
-            budget = scrape_budget(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
-            try:
-                body, content_type, gzipped = exporter.metrics(
-                    self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", ""), budget
-                )
-            except Exception:
-                # A bug, not a bad answer from Elevate (those are metrics): say so to
-                # Prometheus, whose up then shows it, and keep serving.
-                log.exception("scrape failed")
-                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"Scrape failed.\n", _TEXT)
-                return
-            self._send(HTTPStatus.OK, body, content_type, gzipped=gzipped)
+        site = self.server.site
+        url = urlsplit(self.path)
+        path = url.path
+        if path == site.telemetry_path:
+            self._metrics(site, parse_qs(url.query).get("name[]", []))
         elif path == "/":
-            self._send(HTTPStatus.OK, exporter.landing_page(), "text/html; charset=utf-8")
+            self._send(
+                HTTPStatus.OK,
+                landing_page(site.snapshot(), site.telemetry_path),
+                "text/html; charset=utf-8",
+            )
         elif path == "/-/healthy":
             self._send(HTTPStatus.OK, b"Healthy.\n", _TEXT)
         elif path == "/-/ready":
-            if exporter.ready.is_set():
+            if site.is_ready():
                 self._send(HTTPStatus.OK, b"Ready.\n", _TEXT)
             else:
                 self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"Not ready.\n", _TEXT)
         else:
             self._send(HTTPStatus.NOT_FOUND, b"Not found.\n", _TEXT)
 
+    def _metrics(self, site: Site, names: list[str]) -> None:
+        budget = scrape_budget(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
+        try:
+            site.poll(budget)
+            answer = render(
+                site.registry,
+                self.headers.get("Accept", ""),
+                self.headers.get("Accept-Encoding", ""),
+                names,
+            )
+        except Exception:
+            # A bug, not a bad answer from Elevate (those are metrics): say so to
+            # Prometheus, whose up then shows it, and keep serving.
+            log.exception("scrape failed")
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"Scrape failed.\n", _TEXT)
+            return
+        self._send(HTTPStatus.OK, answer.body, answer.content_type, answer.content_encoding)
+
     def _send(
-        self, status: HTTPStatus, body: bytes, content_type: str, *, gzipped: bool = False
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        content_type: str,
+        content_encoding: str | None = None,
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        if gzipped:
-            self.send_header("Content-Encoding", "gzip")
+        if content_encoding:
+            self.send_header("Content-Encoding", content_encoding)
+        self.send_header("Vary", "Accept, Accept-Encoding")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s %s", self.address_string(), format % args)
@@ -238,9 +161,9 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, exporter: Exporter):
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, site: Site):
         self.address_family = family
-        self.exporter = exporter
+        self.site = site
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -250,7 +173,7 @@ class _Server(ThreadingHTTPServer):
         super().server_bind()
 
 
-def _bind(host: str, port: int, exporter: Exporter) -> _Server:
+def _bind(host: str, port: int, site: Site) -> _Server:
     candidates: list[tuple[str, socket.AddressFamily]]
     if host:
         try:
@@ -263,7 +186,7 @@ def _bind(host: str, port: int, exporter: Exporter) -> _Server:
     error: OSError | None = None
     for address, family in candidates:
         try:
-            return _Server((address, port), family, exporter)
+            return _Server((address, port), family, site)
         except OSError as exc:
             error = exc
     reason = error.strerror if error is not None and error.strerror else str(error)

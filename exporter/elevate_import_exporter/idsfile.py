@@ -1,23 +1,16 @@
-"""Which import ids to track: the fixed ones and those of an ids file that may change."""
+"""The ids file: one import id a line, followed while the exporter runs."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from elevate_import_exporter.model import ID_RULE, is_valid_import_id
+
 log = logging.getLogger(__name__)
-
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-ID_RULE = "1 to 64 characters of A-Z a-z 0-9 _ -"
-
-
-def is_valid_import_id(value: str) -> bool:
-    return _ID.fullmatch(value) is not None
 
 
 class IdsFileError(Exception):
@@ -51,40 +44,40 @@ def _signature(stat: os.stat_result) -> tuple[int, int, int, int]:
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-class TrackedIds:
-    """The ids to track now: fixed ids first, then the ids file's, without duplicates.
+class IdsFile:
+    """The ids of a file that may change while the exporter runs.
 
     The file is checked with one ``stat`` per call and re-read only when it changed,
-    so calling :meth:`current` on every scrape costs next to nothing.
+    so calling :meth:`current` on every round costs next to nothing.
     """
 
-    def __init__(self, fixed: Iterable[str] = (), path: Path | None = None) -> None:
-        self._fixed = tuple(dict.fromkeys(fixed))
-        self._path = path
+    name = "file"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._lock = threading.Lock()
         self._signature: tuple[int, int, int, int] | None = None
-        self._current = self._fixed
+        self._current: tuple[str, ...] = ()
         self._broken = False
-        if path is not None:
-            try:
-                stat = path.stat()
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise IdsFileError(f"cannot read the ids file {path}: {_why(exc)}") from exc
-            self._apply(text, _signature(stat))
-
-    @property
-    def path(self) -> Path | None:
-        return self._path
+        try:
+            stat = path.stat()
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IdsFileError(f"cannot read the ids file {path}: {_why(exc)}") from exc
+        self._apply(text, _signature(stat))
 
     def current(self) -> tuple[str, ...]:
-        if self._path is None:
-            return self._current
         with self._lock:
-            self._refresh(self._path)
+            self._refresh()
             return self._current
 
-    def _refresh(self, path: Path) -> None:
+    def reload(self) -> None:
+        with self._lock:
+            self._signature = None
+            self._refresh()
+
+    def _refresh(self) -> None:
+        path = self.path
         try:
             stat = path.stat()
             if _signature(stat) == self._signature:
@@ -120,11 +113,14 @@ class TrackedIds:
             log.warning(
                 "skipping line %d of the ids file %s: %r is not an import id (%s)",
                 line.number,
-                self._path,
+                self.path,
                 line.text[:100],
                 ID_RULE,
             )
-        self._current = tuple(dict.fromkeys((*self._fixed, *ids)))
+        ids_tuple = tuple(ids)
+        # The same tuple while nothing changed lets TrackedIds skip re-joining.
+        if ids_tuple != self._current:
+            self._current = ids_tuple
         self._signature = signature
 
 

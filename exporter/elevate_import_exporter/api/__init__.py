@@ -1,0 +1,72 @@
+"""API flavours: how one flavour of Elevate's API names an import's status and answers.
+
+A flavour knows URLs, headers and bodies; the transport below it knows HTTP. The
+poller talks to a :class:`StatusApi`, which joins the two and makes whatever
+comes back safe before any other part of the exporter sees it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import Protocol
+
+from elevate_import_exporter.model import MAX_MESSAGE_CHARS, ImportInfo, safe_text
+from elevate_import_exporter.transport import Transport
+
+
+class Flavour(Protocol):
+    """One flavour of the import-status API."""
+
+    name: str
+
+    def status_url(self, base_url: str, import_id: str) -> str:
+        """The URL of one import's status."""
+
+    def headers(self) -> dict[str, str]:
+        """Headers to send besides the Api-Key and the User-Agent."""
+
+    def parse(self, body: bytes, import_id: str) -> ImportInfo:
+        """Import information from a 2xx body, or ``ValueError`` saying why there is none."""
+
+
+class StatusApi:
+    """Status queries of one flavour over one transport."""
+
+    def __init__(self, flavour: Flavour, transport: Transport) -> None:
+        self.flavour = flavour
+        self._transport = transport
+        self._headers = flavour.headers()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def import_status(self, import_id: str, deadline: float, stop: threading.Event) -> ImportInfo:
+        """Ask for one import's status until ``deadline`` (monotonic).
+
+        Raises :class:`~elevate_import_exporter.model.ApiError` or
+        :class:`~elevate_import_exporter.model.NotSent` (see :meth:`Transport.get`).
+        """
+        url = self.flavour.status_url(self._transport.base_url, import_id)
+        info = self._transport.get(
+            url, self._headers, lambda body: self.flavour.parse(body, import_id), deadline, stop
+        )
+        return self._clean(info)
+
+    def _clean(self, info: ImportInfo) -> ImportInfo:
+        # After decoding, so that a key sent back JSON-escaped is found as well.
+        redact = self._transport.redact
+        return replace(
+            info,
+            status=safe_text(redact(info.status)),
+            type=safe_text(redact(info.type)),
+            message=safe_text(redact(info.message), MAX_MESSAGE_CHARS),
+        )
+
+
+def flavour_named(name: str) -> Flavour:
+    """The flavour for a ``--elevate.api`` value (validated by the configuration)."""
+    from elevate_import_exporter.api.web_v2 import WebV2
+
+    flavours: dict[str, Flavour] = {WebV2.name: WebV2()}
+    return flavours[name]

@@ -1,0 +1,151 @@
+"""The application: every part of ``run`` built from :class:`Settings`, and its life cycle.
+
+The CLI hands it settings; it wires the transport, the API flavour, the id
+sources, the poller, the metric state and the HTTP server together, starts the
+first poll round at once, and stops everything again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from elevate_import_exporter import __version__
+from elevate_import_exporter.api import StatusApi, flavour_named
+from elevate_import_exporter.collector import ImportCollector
+from elevate_import_exporter.config import Settings
+from elevate_import_exporter.idsfile import IdsFile
+from elevate_import_exporter.poller import Poller, Snapshot
+from elevate_import_exporter.sources import FixedIds, IdSource, TrackedIds
+from elevate_import_exporter.stats import RequestStats
+from elevate_import_exporter.transport import Transport
+from elevate_import_exporter.web import DEFAULT_BUDGET, HttpServer
+
+log = logging.getLogger(__name__)
+
+
+class Application:
+    """A running exporter: ``poll``, ``snapshot``, ``serve_forever`` or ``start``, ``stop``.
+
+    Raises :class:`~elevate_import_exporter.idsfile.IdsFileError` or
+    :class:`~elevate_import_exporter.web.ListenError` when it cannot start.
+    """
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.stats = RequestStats()
+        transport = Transport(
+            settings.base_url,
+            settings.api_key,
+            user_agent=f"elevate-import-exporter/{__version__}",
+            pool_size=settings.concurrency,
+            timeout=settings.timeout,
+            retries=settings.retries,
+            on_request=self.stats.record,
+        )
+        sources: list[IdSource] = [FixedIds(settings.import_ids)]
+        if settings.ids_file is not None:
+            sources.append(IdsFile(settings.ids_file))
+        self.ids = TrackedIds(sources)
+        self.poller = Poller(
+            StatusApi(flavour_named("web-v2"), transport),
+            self.ids,
+            concurrency=settings.concurrency,
+            min_interval=settings.min_poll_interval,
+            clock=clock,
+        )
+        self.registry = CollectorRegistry()
+        self.registry.register(ImportCollector(self.poller, self.stats))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self._first_round_done = threading.Event()
+        try:
+            self._server = HttpServer(self, settings.listen_host, settings.listen_port)
+        except Exception:
+            self.poller.close()
+            raise
+        self._thread: threading.Thread | None = None
+        threading.Thread(target=self._first_round, name="first-round", daemon=True).start()
+
+    # -- what the HTTP side asks of it -----------------------------------------------
+
+    @property
+    def telemetry_path(self) -> str:
+        return self.settings.telemetry_path
+
+    def poll(self, budget: float) -> None:
+        """Run a poll round that ends within ``budget`` seconds (or share the one running)."""
+        self.poller.poll(budget)
+
+    def snapshot(self) -> Snapshot:
+        return self.poller.snapshot()
+
+    def is_ready(self) -> bool:
+        """True once the first poll round has ended, whatever its outcome."""
+        return self._first_round_done.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._first_round_done.wait(timeout)
+
+    def _first_round(self) -> None:
+        try:
+            self.poller.poll(DEFAULT_BUDGET)
+        except Exception:
+            log.exception("the first poll round failed")
+        finally:
+            self._first_round_done.set()
+
+    def scrape_every(self, seconds: float) -> Callable[[], None]:
+        """Poll every ``seconds`` as a Prometheus would scrape (the demo); returns a stop."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(seconds):
+                try:
+                    self.poller.poll(DEFAULT_BUDGET)
+                except Exception:
+                    log.exception("a poll round failed")
+
+        threading.Thread(target=loop, name="self-scrape", daemon=True).start()
+        return stop.set
+
+    # -- life cycle -------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        host = self.settings.listen_host or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def reload(self) -> None:
+        """Read every id source again (SIGHUP)."""
+        self.ids.reload()
+        log.info("reloaded the id sources: %d ids tracked", len(self.ids.current()))
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def start(self) -> None:
+        """Serve from a background thread (tests, the demo)."""
+        self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+        self._server.close()
+        self.poller.close()

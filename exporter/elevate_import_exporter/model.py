@@ -1,0 +1,112 @@
+"""The exporter's vocabulary: imports, their statuses, and why a status query fails.
+
+Every other module speaks these words; this one imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DOCUMENTED_STATUSES = (
+    "NOT_FOUND",
+    "WAITING",
+    "BLOCKED",
+    "IN_PROGRESS",
+    "SUCCESS",
+    "FAILURE",
+    "ABORTED",
+)
+FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "ABORTED"})
+
+# Every reason a status request can fail for; the exporter publishes each from start-up.
+ERROR_REASONS = (
+    "forbidden",
+    "cluster_not_found",
+    "server_error",
+    "rate_limited",
+    "client_error",
+    "unexpected_status",
+    "timeout",
+    "connection_error",
+    "invalid_response",
+)
+RETRYABLE_REASONS = frozenset({"server_error", "rate_limited", "timeout", "connection_error"})
+# A 403 or 404 is about the key or the cluster, so no other id can do better.
+WHOLE_KEY_REASONS = frozenset({"forbidden", "cluster_not_found"})
+
+MAX_MESSAGE_CHARS = 200
+MAX_STATUS_CHARS = 64
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ID_RULE = "1 to 64 characters of A-Z a-z 0-9 _ -"
+
+# Lone UTF-16 surrogates cannot be encoded, and control characters have no business in a
+# label value or a page; either would make a later stage fail or mislead.
+_UNSAFE = re.compile(r"[\ud800-\udfff\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def is_valid_import_id(value: str) -> bool:
+    return _ID.fullmatch(value) is not None
+
+
+def safe_text(text: str, limit: int | None = None) -> str:
+    """``text`` from outside made safe to encode, export and show, cut to ``limit`` characters.
+
+    Called once where text enters the exporter, so no later stage can fail on it.
+    """
+    if limit is not None:
+        text = text[:limit]
+    return _UNSAFE.sub("\ufffd", text)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportInfo:
+    """A valid answer about one import; ``id`` is always the id that was asked for."""
+
+    id: str
+    status: str
+    type: str
+    message: str
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One status request as sent: what came back (``code``), how long it took, why it failed."""
+
+    code: str
+    seconds: float
+    error: str | None
+
+
+class QueryError(Exception):
+    """A status query that produced no import information."""
+
+
+class ApiError(QueryError):
+    """The last request for an id failed; ``reason`` is one of :data:`ERROR_REASONS`."""
+
+    def __init__(
+        self, reason: str, detail: str, *, code: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.code = code
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason in RETRYABLE_REASONS
+
+    @property
+    def concerns_whole_key(self) -> bool:
+        return self.reason in WHOLE_KEY_REASONS
+
+
+class NotSent(QueryError):
+    """The query was given up before a request could go: deadline reached or round stopped."""
