@@ -210,6 +210,9 @@ class ExporterProcess(Child):
                 str(ids_file),
                 "--elevate.concurrency",
                 str(concurrency),
+                # Every scrape is measured as a poll round, as with the default of old.
+                "--elevate.min-poll-interval",
+                "0s",
                 "--web.listen-address",
                 f"127.0.0.1:{port}",
                 "--log.level",

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from elevate_import_exporter.app import Application as Exporter
+from elevate_import_exporter.config import LOG_OPTIONS, RUN_OPTIONS
 from elevate_import_exporter.simulator import Simulator
 from tests.support import Exporters, free_port, stop_process, wait_until
 
@@ -26,21 +27,13 @@ SIM_KEY = "sim-key"
 REPO = Path(__file__).resolve().parent.parent
 
 # Every environment variable the exporter reads: a test starts from none of them,
-# whatever the shell that runs pytest has set.
+# whatever the shell that runs pytest has set. Taken from the option table, so a new
+# option is covered the day it is added; plus the key, which no flag takes, and the
+# simulator's address of `demo` and `simulate`.
 EXPORTER_ENV = (
-    "ELEVATE_CLUSTER_ID",
-    "ELEVATE_BASE_URL",
+    *(option.env for option in (*RUN_OPTIONS, *LOG_OPTIONS)),
     "ELEVATE_API_KEY",
-    "ELEVATE_API_KEY_FILE",
-    "ELEVATE_IMPORT_IDS",
-    "ELEVATE_IMPORT_IDS_FILE",
-    "ELEVATE_CONCURRENCY",
-    "ELEVATE_TIMEOUT",
-    "ELEVATE_RETRIES",
-    "ELEVATE_EXPORTER_LISTEN_ADDRESS",
-    "ELEVATE_EXPORTER_TELEMETRY_PATH",
-    "ELEVATE_EXPORTER_LOG_LEVEL",
-    "ELEVATE_EXPORTER_LOG_FORMAT",
+    "ELEVATE_SIMULATOR_LISTEN_ADDRESS",
 )
 
 ExporterFor = Callable[..., Exporter]
@@ -57,8 +50,13 @@ def simulator() -> Iterator[Simulator]:
 def exporter_for() -> Iterator[ExporterFor]:
     """``exporter_for(base_url, ids=(), **load_settings options)``: a started in-process exporter.
 
-    The key defaults to the simulator's, the address to a free loopback port; every
-    exporter started is stopped after the test.
+    The key defaults to the simulator's, the address to a free loopback port, and
+    ``min_poll_interval`` to ``"0s"`` (every scrape runs a round) unless a test gives its
+    own. It returns once the exporter's first poll round, which it runs by itself at
+    start-up, has ended: by then the upstream has been asked once for every tracked id,
+    so a test that counts requests counts from that point (``Simulator.reset_counts``,
+    ``httpserver.clear_log``), and the first one-shot answer of pytest-httpserver is
+    gone. Every exporter started is stopped after the test.
     """
     exporters = Exporters()
     yield exporters.start
@@ -111,15 +109,23 @@ ExporterProcessFor = Callable[..., ExporterProcess]
 
 @pytest.fixture
 def exporter_process(tmp_path: Path) -> Iterator[ExporterProcessFor]:
-    """``exporter_process(*run_args, env={...}, wait=True)``: ``run`` on a free loopback port.
+    """``exporter_process(*run_args, env={...}, wait=True, reach_at=None)``: ``run`` as a process.
 
-    ``env`` holds the exporter variables to set (the key among them); without a
-    listen address in the arguments or ``env`` the process gets a free loopback port.
+    ``env`` holds the exporter variables to set (the key among them); no other exporter
+    variable of the test's own environment reaches the process. Without a listen address
+    in the arguments or ``env`` the process gets a free loopback port, unless ``reach_at``
+    (``host:port``) says where the exporter listens by its own default. With ``wait``
+    it returns once ``/-/ready`` answers 200, that is after the exporter's first poll
+    round. The process runs with its own defaults otherwise: ``--elevate.min-poll-interval``
+    10s among them, so a scrape right after start-up is answered from that first round.
     """
     started: list[ExporterProcess] = []
 
     def start(
-        *args: str, env: Mapping[str, str] | None = None, wait: bool = True
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+        reach_at: str | None = None,
     ) -> ExporterProcess:
         argv = list(args)
         variables = dict(env or {})
@@ -127,6 +133,8 @@ def exporter_process(tmp_path: Path) -> Iterator[ExporterProcessFor]:
             address = argv[argv.index("--web.listen-address") + 1]
         elif "ELEVATE_EXPORTER_LISTEN_ADDRESS" in variables:
             address = variables["ELEVATE_EXPORTER_LISTEN_ADDRESS"]
+        elif reach_at is not None:
+            address = reach_at
         else:
             address = f"127.0.0.1:{free_port()}"
             argv += ["--web.listen-address", address]

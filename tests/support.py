@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -113,6 +114,11 @@ class Exporters:
         self._started: list[Any] = []
 
     def start(self, base_url: str, ids: Iterable[str] = (), **options: Any) -> Any:
+        """A started exporter, returned once its start-up poll round has ended.
+
+        ``options`` are load_settings keywords; unless given, the key is ``sim-key``,
+        the address a free loopback port and ``min_poll_interval`` ``"0s"``.
+        """
         from elevate_import_exporter.app import Application
         from elevate_import_exporter.config import load_settings
 
@@ -130,3 +136,37 @@ class Exporters:
     def stop_all(self) -> None:
         for exporter in reversed(self._started):
             exporter.stop()
+
+
+# The contract's error reasons, and `unexpected_status` (1xx, 3xx) that the README adds:
+# written out here, not taken from the code, so that a changed list fails a test.
+ERROR_REASONS = (
+    "forbidden",
+    "cluster_not_found",
+    "server_error",
+    "rate_limited",
+    "client_error",
+    "unexpected_status",
+    "timeout",
+    "connection_error",
+    "invalid_response",
+)
+
+
+def scrape_text(url: str, timeout: float = 30.0) -> str:
+    """The text of one scrape of ``url``'s /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=timeout) as response:
+        text: str = response.read().decode("utf-8")
+        return text
+
+
+def ids_in_every_series(text: str) -> set[str]:
+    """Every id that any series of a scrape names."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.labels["id"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if "id" in sample.labels
+    }

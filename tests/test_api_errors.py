@@ -1,4 +1,10 @@
-"""Every way an answer from Elevate can go wrong, each served exactly by pytest-httpserver."""
+"""Every way an answer from Elevate can go wrong, each served exactly by pytest-httpserver.
+
+The exporter asks for every id once by itself at start-up, before any scrape. A test
+about one round either makes that start-up round the one it looks at (scraped with a
+minimum poll interval of an hour, so the scrape only shows it) or scripts the server
+after the exporter is ready, counting the start-up round's request where it shows.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ PATH = f"/api/v2/import/status/{ID}"
 
 def answer(status: str = "IN_PROGRESS", **extra: Any) -> dict[str, Any]:
     return {"id": ID, "status": status, "type": "PRODUCTS", **extra}
+
+
+# A scrape answered from the start-up round, without a round of its own.
+ONLY_THE_START_UP_ROUND = "1h"
 
 
 @pytest.fixture
@@ -59,33 +69,39 @@ def test_requests_carry_the_api_key_header_and_name_the_exporter(
 def test_a_5xx_burst_is_retried_counted_and_the_import_stays_fresh(
     httpserver: HTTPServer, elevate: ExporterFor
 ) -> None:
-    httpserver.expect_oneshot_request(PATH).respond_with_data("busy", status=503)
     httpserver.expect_request(PATH).respond_with_json(answer())
-    result = scrape(elevate(retries="1").url)
+    exporter = elevate(retries="1")
+    # One-shot answers come before permanent ones: the scrape's round meets the burst.
+    httpserver.expect_oneshot_request(PATH).respond_with_data("busy", status=503)
+    result = scrape(exporter.url)
     assert result.value("elevate_import_poll_success", id=ID) == 1
     assert result.value("elevate_import_up") == 1
     assert requests_with(result, "503") == 1
-    assert requests_with(result, "200") == 1
+    assert requests_with(result, "200") == 2  # the start-up round's and the retry's
     assert errors(result, "server_error") == 1
+    assert len(httpserver.log) == 3
 
 
 def test_5xx_on_every_try_keeps_the_last_status_and_the_next_scrape_recovers(
     httpserver: HTTPServer, elevate: ExporterFor
 ) -> None:
+    # The start-up round takes the first answer, the first scrape the two failures.
     httpserver.expect_oneshot_request(PATH).respond_with_json(answer("IN_PROGRESS"))
     httpserver.expect_oneshot_request(PATH).respond_with_data("<h1>Bad Gateway</h1>", status=502)
     httpserver.expect_oneshot_request(PATH).respond_with_data("oops", status=500)
     httpserver.expect_request(PATH).respond_with_json(answer("SUCCESS"))
     exporter = elevate(retries="1")
+    assert len(httpserver.log) == 1
 
-    assert scrape(exporter.url).current_status(ID) == "IN_PROGRESS"
     failed = scrape(exporter.url)
+    # The status the start-up round saw is still published.
     assert failed.current_status(ID) == "IN_PROGRESS"
     assert failed.value("elevate_import_poll_success", id=ID) == 0
     assert failed.value("elevate_import_up") == 0
     assert errors(failed, "server_error") == 2
     assert requests_with(failed, "502") == 1
     assert requests_with(failed, "500") == 1
+    assert requests_with(failed, "200") == 1
 
     recovered = scrape(exporter.url)
     assert recovered.current_status(ID) == "SUCCESS"
@@ -95,17 +111,18 @@ def test_5xx_on_every_try_keeps_the_last_status_and_the_next_scrape_recovers(
 def test_a_429_with_a_retry_after_that_fits_the_deadline_is_retried_after_that_long(
     httpserver: HTTPServer, elevate: ExporterFor
 ) -> None:
+    httpserver.expect_request(PATH).respond_with_json(answer())
+    exporter = elevate(retries="1")
     httpserver.expect_oneshot_request(PATH).respond_with_data(
         "slow down", status=429, headers={"Retry-After": "1"}
     )
-    httpserver.expect_request(PATH).respond_with_json(answer())
-    exporter = elevate(retries="1")
     started = time.monotonic()
     result = scrape(exporter.url)
     assert time.monotonic() - started >= 1.0
     assert result.value("elevate_import_poll_success", id=ID) == 1
     assert errors(result, "rate_limited") == 1
     assert requests_with(result, "429") == 1
+    assert requests_with(result, "200") == 2  # the start-up round's and the retry's
 
 
 def test_a_429_whose_retry_after_passes_the_deadline_is_not_retried(
@@ -114,7 +131,8 @@ def test_a_429_whose_retry_after_passes_the_deadline_is_not_retried(
     httpserver.expect_request(PATH).respond_with_data(
         "slow down", status=429, headers={"Retry-After": "120"}
     )
-    result = scrape(elevate(retries="3").url)
+    # The start-up round, with its deadline 10 s away, is the round looked at.
+    result = scrape(elevate(retries="3", min_poll_interval=ONLY_THE_START_UP_ROUND).url)
     assert len(httpserver.log) == 1
     assert result.value("elevate_import_poll_success", id=ID) == 0
     assert errors(result, "rate_limited") == 1
@@ -125,8 +143,9 @@ def test_a_refused_connection_is_counted_as_connection_error_and_the_exporter_ke
 ) -> None:
     exporter = exporter_for(f"http://127.0.0.1:{free_port()}", [ID], retries="1")
     result = scrape(exporter.url)
-    assert errors(result, "connection_error") == 2
-    assert requests_with(result, "connection_error") == 2
+    # A try and a retry in each round: the start-up round's and the scrape's.
+    assert errors(result, "connection_error") == 4
+    assert requests_with(result, "connection_error") == 4
     assert result.value("elevate_import_up") == 0
     assert scrape(exporter.url).value("elevate_import_up") == 0
 
@@ -142,12 +161,15 @@ def test_an_answer_slower_than_the_request_timeout_is_counted_as_timeout(
 
     httpserver.expect_request(PATH).respond_with_handler(stall)
     try:
-        result = scrape(elevate(timeout="0.3", retries="0").url)
+        exporter = elevate(timeout="0.3", retries="0", min_poll_interval=ONLY_THE_START_UP_ROUND)
+        result = scrape(exporter.url)
     finally:
         release.set()
     assert errors(result, "timeout") == 1
     assert requests_with(result, "timeout") == 1
     assert result.value("elevate_import_poll_success", id=ID) == 0
+    # Never answered in time, so no status at all rather than a made-up one.
+    assert result.current_status(ID) is None
 
 
 BAD_BODIES = {
@@ -171,6 +193,8 @@ BAD_BODIES = {
 def test_a_2xx_body_that_is_not_import_information_counts_as_invalid_response(
     httpserver: HTTPServer, elevate: ExporterFor, body: bytes
 ) -> None:
+    # The start-up round learns BLOCKED, a status no bad body below carries.
+    httpserver.expect_oneshot_request(PATH).respond_with_json(answer("BLOCKED"))
     httpserver.expect_oneshot_request(PATH).respond_with_data(
         body, status=200, content_type="application/json"
     )
@@ -179,9 +203,11 @@ def test_a_2xx_body_that_is_not_import_information_counts_as_invalid_response(
 
     result = scrape(exporter.url)
     assert errors(result, "invalid_response") == 1
-    assert requests_with(result, "200") == 1  # not retried: the same answer would come back
+    # Not retried (the same answer would come back): the start-up round's and this one.
+    assert requests_with(result, "200") == 2
     assert result.value("elevate_import_poll_success", id=ID) == 0
-    assert result.current_status(ID) is None
+    # Nothing of the bad body is taken: the last good status stays.
+    assert result.current_status(ID) == "BLOCKED"
     assert result.value("elevate_import_up") == 0
 
     after = scrape(exporter.url)
@@ -197,10 +223,14 @@ def test_a_4xx_is_counted_by_its_reason_and_not_retried(
     httpserver: HTTPServer, elevate: ExporterFor, status: int, reason: str
 ) -> None:
     httpserver.expect_request(PATH).respond_with_data("no", status=status)
-    result = scrape(elevate(retries="3").url)
+    exporter = elevate(retries="3")
+    assert len(httpserver.log) == 1  # the start-up round's only request
+    httpserver.clear_log()
+    result = scrape(exporter.url)
     assert len(httpserver.log) == 1
-    assert errors(result, reason) == 1
-    assert requests_with(result, str(status)) == 1
+    # One request in each round: the start-up round's and the scrape's.
+    assert errors(result, reason) == 2
+    assert requests_with(result, str(status)) == 2
 
 
 def test_a_redirect_is_not_followed_so_the_key_never_goes_elsewhere(
@@ -211,8 +241,9 @@ def test_a_redirect_is_not_followed_so_the_key_never_goes_elsewhere(
     )
     httpserver.expect_request("/elsewhere").respond_with_json(answer())
     result = scrape(elevate().url)
-    assert [request.path for request, _ in httpserver.log] == [PATH]
-    assert errors(result, "unexpected_status") == 1
+    # The start-up round's request and the scrape's, neither followed.
+    assert [request.path for request, _ in httpserver.log] == [PATH, PATH]
+    assert errors(result, "unexpected_status") == 2
     assert result.value("elevate_import_poll_success", id=ID) == 0
 
 

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import importlib.metadata
 import json
 import re
+import select
 import signal
 import socket
 import subprocess
 import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
-import elevate_import_exporter
 from elevate_import_exporter.cli import cli
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import EXPORTER_ENV, SIM_KEY, ExporterProcess, ExporterProcessFor
 from tests.support import Scrape, free_port, wait_until
 
+# What pip installed, not the package's own constant: the two must agree.
+INSTALLED_VERSION = importlib.metadata.version("elevate-import-exporter")
 # The contract's table of `run` options: flag, environment variable, default.
 CONTRACT_OPTIONS = (
     ("--elevate.cluster-id", "ELEVATE_CLUSTER_ID", None),
@@ -30,6 +39,9 @@ CONTRACT_OPTIONS = (
     ("--elevate.concurrency", "ELEVATE_CONCURRENCY", "8"),
     ("--elevate.timeout", "ELEVATE_TIMEOUT", "5"),
     ("--elevate.retries", "ELEVATE_RETRIES", "1"),
+    # The second wave's, as the contract names them.
+    ("--elevate.min-poll-interval", "ELEVATE_MIN_POLL_INTERVAL", "10s"),
+    ("--imports.max-tracked", "ELEVATE_EXPORTER_IMPORTS_MAX_TRACKED", "10000"),
     ("--web.listen-address", "ELEVATE_EXPORTER_LISTEN_ADDRESS", ":10025"),
     ("--web.telemetry-path", "ELEVATE_EXPORTER_TELEMETRY_PATH", "/metrics"),
     ("--log.level", "ELEVATE_EXPORTER_LOG_LEVEL", "info"),
@@ -60,7 +72,7 @@ def assert_setup_error(result: Result, *named: str) -> None:
 def test_version_prints_the_package_version() -> None:
     result = invoke(["--version"])
     assert result.exit_code == 0
-    assert elevate_import_exporter.__version__ in result.stdout
+    assert INSTALLED_VERSION in result.stdout
 
 
 # -- configuration errors -----------------------------------------------------------------
@@ -118,6 +130,9 @@ def test_run_with_a_directory_as_key_file_exits_2_naming_it(tmp_path: Path) -> N
         ("--elevate.concurrency", "many"),
         ("--elevate.timeout", "-2"),
         ("--elevate.retries", "x"),
+        ("--elevate.min-poll-interval", "25h"),
+        ("--elevate.min-poll-interval", "1.5s"),
+        ("--imports.max-tracked", "-1"),
         ("--web.telemetry-path", "metrics"),
         ("--log.level", "loud"),
         ("--log.format", "xml"),
@@ -179,6 +194,8 @@ def test_run_help_shows_each_contract_option_with_its_variable_and_default(
         ("ELEVATE_CONCURRENCY", "0", "--elevate.concurrency"),
         ("ELEVATE_TIMEOUT", "0", "--elevate.timeout"),
         ("ELEVATE_RETRIES", "-1", "--elevate.retries"),
+        ("ELEVATE_MIN_POLL_INTERVAL", "10", "--elevate.min-poll-interval"),
+        ("ELEVATE_EXPORTER_IMPORTS_MAX_TRACKED", "0", "--imports.max-tracked"),
         ("ELEVATE_EXPORTER_LISTEN_ADDRESS", "abc", "--web.listen-address"),
         ("ELEVATE_EXPORTER_TELEMETRY_PATH", "nope", "--web.telemetry-path"),
         ("ELEVATE_EXPORTER_LOG_LEVEL", "loud", "--log.level"),
@@ -195,6 +212,17 @@ def test_a_bad_value_in_an_environment_variable_is_refused_as_its_option(
         del given["ELEVATE_API_KEY"]
     given[env] = value
     assert_setup_error(invoke(["run"], **given), named)
+
+
+def test_the_tests_clear_every_environment_variable_a_command_reads() -> None:
+    # EXPORTER_ENV keeps the shell's settings away from the exporters the tests start.
+    read = {
+        name
+        for command in cli.commands.values()
+        for param in command.params
+        for name in ([param.envvar] if isinstance(param.envvar, str) else param.envvar or [])
+    }
+    assert read | {"ELEVATE_API_KEY"} == set(EXPORTER_ENV)
 
 
 def test_the_exporter_runs_from_environment_variables_alone(
@@ -223,6 +251,7 @@ def test_the_exporter_runs_from_environment_variables_alone(
         assert got.value("elevate_import_tracked_imports") == 5
         for import_id in ("1001", "2002", "3003", "4004", "5005"):
             assert got.value("elevate_import_poll_success", id=import_id) == 1, import_id
+            # Asked in the start-up round; the scrape right after is answered from it.
             assert sim.requests_for(import_id) == 1
         assert got.current_status("1001") == "SUCCESS"
         assert proc.get("/metrics")[0] == 404
@@ -284,7 +313,6 @@ def test_a_listen_address_in_use_exits_2_naming_the_address(
 def test_a_stop_signal_is_obeyed_promptly_even_while_a_scrape_waits_for_elevate(
     exporter_process: ExporterProcessFor, simulator: Simulator
 ) -> None:
-    simulator.hang_ids.add("1001")
     proc = exporter_process(
         "--elevate.base-url",
         simulator.url,
@@ -292,8 +320,13 @@ def test_a_stop_signal_is_obeyed_promptly_even_while_a_scrape_waits_for_elevate(
         "1001",
         "--elevate.timeout",
         "30",
+        "--elevate.min-poll-interval",
+        "0s",
         env={"ELEVATE_API_KEY": SIM_KEY},
     )
+    # After the start-up round, so that it is the scrape that waits.
+    simulator.hang_ids.add("1001")
+    simulator.reset_counts()
 
     def scrape() -> None:
         # The scrape loses its connection when the process ends: not what is tested.
@@ -313,6 +346,40 @@ def test_a_stop_signal_is_obeyed_promptly_even_while_a_scrape_waits_for_elevate(
     assert returncode == 0
     assert "Traceback" not in proc.stderr()
     scraper.join(timeout=30)
+
+
+def test_a_stop_signal_is_obeyed_promptly_while_the_start_up_round_waits_for_elevate(
+    exporter_process: ExporterProcessFor, simulator: Simulator
+) -> None:
+    simulator.hang_ids.add("1001")
+    proc = exporter_process(
+        "--elevate.base-url",
+        simulator.url,
+        "--elevate.import-id",
+        "1001",
+        "--elevate.timeout",
+        "30",
+        env={"ELEVATE_API_KEY": SIM_KEY},
+        wait=False,
+    )
+    wait_until(lambda: simulator.requests_for("1001") >= 1, what="the start-up round to ask")
+
+    def ready_status() -> int | None:
+        try:
+            return proc.get("/-/ready")[0]
+        except OSError:  # not serving yet
+            return None
+
+    # Not ready while the first round runs: a probe must not send scrapes yet.
+    assert wait_until(ready_status, what="the exporter to answer /-/ready") == 503
+
+    proc.process.terminate()
+    try:
+        returncode = proc.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the exporter still ran 5 s after SIGTERM, waiting for its start-up round")
+    assert returncode == 0
+    assert "Traceback" not in proc.stderr()
 
 
 def test_an_empty_import_id_flag_is_refused_not_ignored(
@@ -351,3 +418,220 @@ def exit_status_or_serving(proc: ExporterProcess) -> int | str:
 
     wait_until(settled, what="the exporter to exit or serve")
     return outcome[0]
+
+
+# -- `run` with no optional flag: the documented defaults, seen from outside ----------------
+
+STATUS_PATH = "/api/v2/import/status/"
+BUSY = "busy"  # answered 503 every time
+HANG = "hang"  # its first request is never answered
+FILLERS = [f"f{n:02d}" for n in range(16)]
+# What the contract promises for `run` without its optional flags.
+CONCURRENCY = 8
+TIMEOUT = 5.0
+
+
+class _Upstream(ThreadingHTTPServer):
+    """Elevate as the defaults test needs it: it measures the exporter's own limits.
+
+    A filler id is answered once ``CONCURRENCY`` requests are in flight at once (or
+    after a few seconds without), and a moment later still, so that a ninth request
+    sent alongside would be seen in flight too. The first request for ``HANG`` is held
+    until the client gives up on it, and how long that took is kept. It records when
+    each request arrived.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _UpstreamHandler)
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.arrivals: dict[str, list[float]] = {}
+        self.enough_in_flight = threading.Event()
+        self.hang_given_up_after: float | None = None
+        self.stopping = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def requests_total(self) -> int:
+        with self.lock:
+            return sum(len(times) for times in self.arrivals.values())
+
+    def arrived(self, import_id: str) -> int:
+        with self.lock:
+            times = self.arrivals.setdefault(import_id, [])
+            times.append(time.monotonic())
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            if self.in_flight >= CONCURRENCY:
+                self.enough_in_flight.set()
+            return len(times)
+
+    def left(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+
+class _UpstreamHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Upstream
+
+    def do_GET(self) -> None:
+        import_id = self.path.removeprefix(STATUS_PATH)
+        nth = self.server.arrived(import_id)
+        # No longer in flight before the answer leaves: the client's next request may
+        # arrive on another connection the moment it has this answer.
+        try:
+            if import_id == HANG and nth == 1:
+                self._wait_for_the_client_to_leave()
+                return
+            if import_id == BUSY:
+                status, body = 503, b'{"error": "busy"}'
+            else:
+                if import_id != HANG:
+                    self.server.enough_in_flight.wait(3)
+                    self.server.stopping.wait(0.3)
+                status, body = 200, json.dumps({"id": import_id, "status": "IN_PROGRESS"}).encode()
+        finally:
+            self.server.left()
+        self._answer(status, body)
+
+    def _wait_for_the_client_to_leave(self) -> None:
+        arrived = time.monotonic()
+        while not self.server.stopping.is_set():
+            # The client sends nothing more on this connection: readable means closed.
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable:
+                self.server.hang_given_up_after = time.monotonic() - arrived
+                return
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def upstream() -> Iterator[_Upstream]:
+    server = _Upstream()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.stopping.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def own_samples(scraped: Scrape) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {k: v for k, v in scraped.samples.items() if k[0].startswith("elevate_import_")}
+
+
+LOGFMT_VALUE = r'(?:"(?:[^"\\]|\\.)*"|[^\s"=\\]+)'
+LOGFMT_LINE = re.compile(rf"\w+={LOGFMT_VALUE}(?: \w+={LOGFMT_VALUE})*")
+
+
+def test_run_without_optional_flags_polls_with_the_documented_defaults(
+    exporter_process: ExporterProcessFor, upstream: _Upstream
+) -> None:
+    ids = [BUSY, HANG, *FILLERS]
+    # Only the required settings. The fixture adds a free port to listen on: the default
+    # port has a test of its own, which skips when something else holds that port.
+    proc = exporter_process(
+        "--elevate.base-url",
+        upstream.url,
+        *(arg for i in ids for arg in ("--elevate.import-id", i)),
+        env={"ELEVATE_API_KEY": SIM_KEY},
+        wait=False,
+    )
+    # The start-up round: the hanging id's first try takes the whole request timeout.
+    proc.wait_ready(timeout=30)
+    asked = upstream.requests_total()
+
+    # --web.telemetry-path /metrics
+    status, text = proc.get("/metrics")
+    assert status == 200
+    scraped, again = Scrape(text), Scrape(proc.get("/metrics")[1])
+    # --elevate.min-poll-interval 10s: scrapes right after a round ask Elevate nothing,
+    # and show that round.
+    assert upstream.requests_total() == asked
+    assert own_samples(again) == own_samples(scraped)
+
+    # --elevate.concurrency 8: eight requests in flight at once, never a ninth.
+    assert upstream.most_in_flight == CONCURRENCY
+    # --elevate.retries 1: a 503 is tried twice.
+    assert len(upstream.arrivals[BUSY]) == 2
+    assert scraped.value("elevate_import_api_requests_total", code="503") == 2
+    # --elevate.timeout 5: the hanging try is given up after 5 s, and its retry answered.
+    given_up = upstream.hang_given_up_after
+    assert given_up is not None
+    assert TIMEOUT - 0.5 <= given_up < TIMEOUT + 1.5
+    assert len(upstream.arrivals[HANG]) == 2
+    assert scraped.value("elevate_import_api_requests_total", code="timeout") == 1
+    assert scraped.value("elevate_import_poll_success", id=HANG) == 1
+    assert all(scraped.value("elevate_import_poll_success", id=i) == 1 for i in FILLERS)
+
+    assert proc.stop() == 0
+    # --log.format logfmt and --log.level info: every line is logfmt, none is debug.
+    lines = [line for line in proc.stderr().splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        assert LOGFMT_LINE.fullmatch(line), line
+        assert re.match(r"ts=\S+ level=(info|warning|error) ", line), line
+    assert any(" level=info " in line for line in lines), lines
+
+
+def port_is_free(port: int) -> bool:
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind((host, port))
+            except OSError as error:
+                if family == socket.AF_INET6 and error.errno == errno.EADDRNOTAVAIL:
+                    continue  # no IPv6 on this machine
+                return False
+    return True
+
+
+def test_run_without_a_listen_address_serves_on_port_10025_of_every_address(
+    exporter_process: ExporterProcessFor, simulator: Simulator
+) -> None:
+    if not port_is_free(10025):
+        pytest.skip("port 10025 is in use on this machine: the default cannot be tried")
+    simulator.add_import(ScriptedImport("1001", (Step("WAITING"),)))
+    proc = exporter_process(
+        "--elevate.base-url",
+        simulator.url,
+        "--elevate.import-id",
+        "1001",
+        env={"ELEVATE_API_KEY": SIM_KEY},
+        reach_at="127.0.0.1:10025",
+    )
+    status, text = proc.get("/metrics")
+    assert status == 200
+    assert Scrape(text).current_status("1001") == "WAITING"
+    if ipv6_loopback():
+        with urllib.request.urlopen("http://[::1]:10025/-/healthy", timeout=10) as answer:
+            assert answer.status == 200
+    assert proc.stop() == 0
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

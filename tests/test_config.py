@@ -183,6 +183,8 @@ def test_the_defaults_are_the_contracts() -> None:
     assert (chosen.listen_host, chosen.listen_port) == ("", 10025)
     assert chosen.telemetry_path == "/metrics"
     assert (chosen.log_level, chosen.log_format) == ("info", "logfmt")
+    # The second wave's: 10s and 10000.
+    assert (chosen.min_poll_interval, chosen.max_tracked) == (10.0, 10000)
 
 
 @pytest.mark.parametrize(
@@ -228,6 +230,39 @@ def test_a_number_out_of_range_or_not_a_number_is_refused_naming_flag_and_value(
 ) -> None:
     message = config_error(**{option: value})
     assert flag in message
+    assert repr(value) in message
+
+
+# -- durations and limits of the second wave ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("0s", 0.0), ("0", 0.0), ("90s", 90.0), ("1h30m", 5400.0), ("500ms", 0.5), ("24h", 86400.0)],
+)
+def test_a_minimum_poll_interval_in_prometheus_duration_syntax_is_taken(
+    value: str, seconds: float
+) -> None:
+    assert settings(min_poll_interval=value).min_poll_interval == seconds
+
+
+# "10" has no unit, "25h" is beyond the cap of a day.
+@pytest.mark.parametrize("value", ["10", "-1s", "1.5s", "abc", "25h", "", "1d1d", "5 m"])
+def test_a_minimum_poll_interval_that_is_no_duration_or_over_a_day_is_refused(value: str) -> None:
+    message = config_error(min_poll_interval=value)
+    assert "--elevate.min-poll-interval" in message
+    assert repr(value) in message
+
+
+@pytest.mark.parametrize(("value", "limit"), [("1", 1), ("10000", 10000), ("250000", 250000)])
+def test_a_whole_number_of_tracked_ids_is_taken(value: str, limit: int) -> None:
+    assert settings(max_tracked=value).max_tracked == limit
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "many", "", "10000000000"])
+def test_a_tracked_ids_limit_that_is_no_positive_whole_number_is_refused(value: str) -> None:
+    message = config_error(max_tracked=value)
+    assert "--imports.max-tracked" in message
     assert repr(value) in message
 
 

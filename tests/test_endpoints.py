@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import platform
 import re
 import socket
@@ -18,24 +19,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
-import elevate_import_exporter
 from elevate_import_exporter.app import Application as Exporter
 from elevate_import_exporter.config import load_settings
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import SIM_KEY, ExporterFor
-from tests.support import wait_until
+from tests.support import ERROR_REASONS, wait_until
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
-ERROR_REASONS = (
-    "forbidden",
-    "cluster_not_found",
-    "server_error",
-    "rate_limited",
-    "client_error",
-    "timeout",
-    "connection_error",
-    "invalid_response",
-)
+# What pip installed, not the package's own constant: the two must agree.
+INSTALLED_VERSION = importlib.metadata.version("elevate-import-exporter")
 # The contract's metrics: name as the text format's parser names the family, type, labels.
 CONTRACT_METRICS = {
     "elevate_import_status": ("gauge", {"id", "type", "status"}),
@@ -100,6 +92,7 @@ def running() -> Iterator[Exporter]:
         )
         shared = Exporter(settings)
         shared.start()
+        assert shared.wait_ready(60), "the first poll round did not end"
         yield shared
         shared.stop()
 
@@ -184,8 +177,7 @@ def test_type_and_message_are_labels_as_the_api_reports_them(running: Exporter) 
 def test_every_error_reason_is_exported_at_0_from_the_first_scrape(running: Exporter) -> None:
     errors = families(get(running.url + "/metrics").text)["elevate_import_api_errors"]
     values = {s.labels["reason"]: s.value for s in errors.samples}
-    for reason in ERROR_REASONS:
-        assert values.get(reason) == 0, f"reason {reason!r}: {values.get(reason)}"
+    assert values == dict.fromkeys(ERROR_REASONS, 0)
 
 
 def test_build_info_names_the_version_and_python(running: Exporter) -> None:
@@ -193,7 +185,7 @@ def test_build_info_names_the_version_and_python(running: Exporter) -> None:
     assert [(s.labels, s.value) for s in build.samples] == [
         (
             {
-                "version": elevate_import_exporter.__version__,
+                "version": INSTALLED_VERSION,
                 "python_version": platform.python_version(),
             },
             1.0,
@@ -220,14 +212,15 @@ def test_the_request_counters_count_the_requests_the_api_received(
     get(running.url + "/metrics")
     scraped = families(get(running.url + "/metrics").text)
     requests = {s.labels["code"]: s.value for s in scraped["elevate_import_api_requests"].samples}
-    # 1002 is final after the first round; 1001 and 1003 are asked twice.
-    assert requests == {"200": simulator.requests_total} == {"200": 5}
+    # The start-up round asks all three; 1002 is final then, so each of the two scrapes
+    # asks 1001 and 1003 only: 3 + 2 + 2.
+    assert requests == {"200": simulator.requests_total} == {"200": 7}
     count = [
         s.value
         for s in scraped["elevate_import_api_request_duration_seconds"].samples
         if s.name.endswith("_count")
     ]
-    assert count == [5]
+    assert count == [7]
 
 
 # -- the landing page ---------------------------------------------------------------------
@@ -280,7 +273,7 @@ def test_the_landing_page_names_the_exporter_its_version_and_links_the_metrics(
     assert answer.status == 200
     assert answer.headers["Content-Type"].startswith("text/html")
     assert "Elevate import exporter" in answer.text
-    assert elevate_import_exporter.__version__ in answer.text
+    assert INSTALLED_VERSION in answer.text
     assert "/metrics" in page.links
 
 
@@ -343,11 +336,13 @@ def test_a_custom_telemetry_path_serves_the_metrics_and_metrics_is_404(
     simulator: Simulator, exporter_for: ExporterFor
 ) -> None:
     running = exporter_for(simulator.url, ["1001"], telemetry_path="/elevate/metrics")
+    simulator.reset_counts()  # of the start-up round
     answer = get(running.url + "/elevate/metrics")
     assert answer.status == 200
     assert "elevate_import_status" in families(answer.text)
-    assert get(running.url + "/metrics").status == 404
     assert simulator.requests_total == 1
+    assert get(running.url + "/metrics").status == 404
+    assert simulator.requests_total == 1  # the 404 ran no round
 
 
 def test_a_query_string_does_not_hide_the_metrics(running: Exporter) -> None:
@@ -386,8 +381,10 @@ def test_a_bracketed_ipv6_listen_address_is_served(
 def test_health_readiness_and_the_page_answer_while_a_scrape_waits_for_elevate(
     simulator: Simulator, exporter_for: ExporterFor
 ) -> None:
-    simulator.hang_ids.add("1001")
     running = exporter_for(simulator.url, ["1001"])
+    # Only now: a start-up round that hangs would hold the exporter's readiness back.
+    simulator.hang_ids.add("1001")
+    simulator.reset_counts()
     done = threading.Event()
     result: dict[str, Any] = {}
 

@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from elevate_import_exporter.app import Application as Exporter
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import SIM_KEY, ExporterFor, ExporterProcessFor
-from tests.support import Scrape
+from tests.support import Scrape, ids_in_every_series
+from tests.support import scrape_text as support_scrape_text
 
 TRACKED = "elevate_import_tracked_imports"
 FIRST_SEEN = "elevate_import_first_seen_timestamp_seconds"
@@ -27,18 +28,7 @@ def replace_file(path: Path, text: str) -> None:
 
 
 def scrape_text(exporter: Exporter) -> str:
-    with urllib.request.urlopen(exporter.url + "/metrics", timeout=30) as response:
-        text: str = response.read().decode("utf-8")
-        return text
-
-
-def ids_in_every_series(text: str) -> set[str]:
-    return {
-        sample.labels["id"]
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if "id" in sample.labels
-    }
+    return support_scrape_text(exporter.url, 30)
 
 
 def tracked(exporter: Exporter) -> Scrape:
@@ -112,6 +102,9 @@ def test_comments_and_blank_lines_are_ignored(
     ]
     ids_path.write_text("\n".join(lines) + "\n")
     exporter = exporter_for(simulator.url, ids_file=str(ids_path))
+    # The start-up round asked each id once, 1001 not twice for its two lines.
+    assert (simulator.requests_for("1001"), simulator.requests_total) == (1, 2)
+    simulator.reset_counts()
     text = scrape_text(exporter)
     assert ids_in_every_series(text) == {"1001", "1002"}
     assert Scrape(text).value(TRACKED) == 2
@@ -123,10 +116,20 @@ def test_the_files_ids_come_after_the_flags_and_are_not_doubled(
 ) -> None:
     ids_path.write_text("1002\n1001\n")
     exporter = exporter_for(simulator.url, ["1001", "1000"], ids_file=str(ids_path))
+    assert simulator.requests_for("1001") == 1  # in the start-up round, once
+    simulator.reset_counts()
     text = scrape_text(exporter)
     assert ids_in_every_series(text) == {"1000", "1001", "1002"}
     assert Scrape(text).value(TRACKED) == 3
     assert simulator.requests_for("1001") == 1
+    # Series come in the order the ids are tracked: the flags', then the file's new ones.
+    in_order = [
+        sample.labels["id"]
+        for family in text_string_to_metric_families(text)
+        if family.name == "elevate_import_poll_success"
+        for sample in family.samples
+    ]
+    assert in_order == ["1001", "1000", "1002"]
 
 
 def test_a_bad_line_at_start_up_is_skipped_with_a_warning_naming_its_number(

@@ -18,7 +18,8 @@ CHANGED = "elevate_import_last_status_change_timestamp_seconds"
 def test_the_status_gauge_flips_from_the_old_status_to_the_new_one_when_an_import_moves_on(
     exporter_for: ExporterFor,
 ) -> None:
-    imports = [ScriptedImport("1001", (Step("IN_PROGRESS", queries=1), Step("SUCCESS")))]
+    # In progress for the start-up round and the first scrape, then done.
+    imports = [ScriptedImport("1001", (Step("IN_PROGRESS", queries=2), Step("SUCCESS")))]
     with Simulator(imports, api_key=KEY) as sim:
         exporter = exporter_for(sim.url, ["1001"])
 
@@ -56,7 +57,8 @@ def test_the_status_change_time_stays_put_while_the_status_does_not_change(
         after = scrape(exporter.url).value(name, id="1002")
         assert before is not None
         assert before == after
-        assert sim.requests_for("1002") == 2
+        # Asked three times (the start-up round, two scrapes), the same answer each time.
+        assert sim.requests_for("1002") == 3
 
 
 def test_type_message_and_poll_success_are_published_as_the_api_reports_them(
@@ -113,8 +115,10 @@ def test_a_scrape_with_a_3s_timeout_answers_in_time_though_one_id_hangs_for_30s(
     exporter_for: ExporterFor,
 ) -> None:
     imports = [ScriptedImport(i, (Step("IN_PROGRESS"),)) for i in ("4001", "4002", "4003")]
-    with Simulator(imports, api_key=KEY, hang_ids=["4002"], hang_seconds=30) as sim:
+    with Simulator(imports, api_key=KEY, hang_seconds=30) as sim:
         exporter = exporter_for(sim.url, ["4001", "4002", "4003"], timeout="10", retries="0")
+        # From now on: a hang in the start-up round would only delay readiness by its 10 s.
+        sim.hang_ids.add("4002")
         started = time.monotonic()
         result = scrape(exporter.url, X_Prometheus_Scrape_Timeout_Seconds="3")
         elapsed = time.monotonic() - started
@@ -122,7 +126,7 @@ def test_a_scrape_with_a_3s_timeout_answers_in_time_though_one_id_hangs_for_30s(
         # Prometheus gives up on the scrape at 3 s: the answer must come before.
         assert elapsed < 3.0
         assert result.value("elevate_import_poll_success", id="4002") == 0
-        assert result.current_status("4002") is None
+        assert result.current_status("4002") == "IN_PROGRESS"  # as the start-up round saw it
         assert result.value("elevate_import_up") == 0
         for fresh in ("4001", "4003"):
             assert result.value("elevate_import_poll_success", id=fresh) == 1
@@ -178,12 +182,15 @@ def test_a_key_or_cluster_error_stops_the_round_from_sending_more_requests(
 def test_a_round_recovers_when_the_key_is_accepted_again(exporter_for: ExporterFor) -> None:
     with Simulator([ScriptedImport("5101", (Step("WAITING"),))], api_key="other") as sim:
         exporter = exporter_for(sim.url, ["5101"])
-        assert scrape(exporter.url).value("elevate_import_up") == 0
+        refused = scrape(exporter.url)
+        assert refused.value("elevate_import_up") == 0
+        assert refused.current_status("5101") is None
         sim.api_key = KEY
         result = scrape(exporter.url)
         assert result.value("elevate_import_up") == 1
         assert result.current_status("5101") == "WAITING"
-        assert result.value("elevate_import_api_requests_total", code="403") == 1
+        # Refused in the start-up round and the first scrape, accepted in the second.
+        assert result.value("elevate_import_api_requests_total", code="403") == 2
         assert result.value("elevate_import_api_requests_total", code="200") == 1
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 
-from elevate_import_exporter.model import ERROR_REASONS
 from elevate_import_exporter.model import RequestRecord as Request
-from elevate_import_exporter.stats import LATENCY_BUCKETS, RequestStats
+from elevate_import_exporter.stats import RequestStats
+from tests.support import ERROR_REASONS
+
+# The Prometheus client library's default buckets (Histogram.DEFAULT_BUCKETS without +Inf).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
 def test_a_latency_equal_to_a_bucket_bound_lands_in_that_bucket_and_a_huge_one_in_inf() -> None:
@@ -14,10 +17,10 @@ def test_a_latency_equal_to_a_bucket_bound_lands_in_that_bucket_and_a_huge_one_i
     for seconds in (0.005, 0.0051, 10.0, 60.0):
         stats.record(Request("200", seconds, None))
     counts = stats.snapshot().bucket_counts
-    assert len(counts) == len(LATENCY_BUCKETS) + 1
-    assert counts[LATENCY_BUCKETS.index(0.005)] == 1
-    assert counts[LATENCY_BUCKETS.index(0.01)] == 1
-    assert counts[LATENCY_BUCKETS.index(10.0)] == 1
+    assert len(counts) == len(BUCKETS) + 1
+    assert counts[BUCKETS.index(0.005)] == 1
+    assert counts[BUCKETS.index(0.01)] == 1
+    assert counts[BUCKETS.index(10.0)] == 1
     assert counts[-1] == 1
     assert sum(counts) == 4
 

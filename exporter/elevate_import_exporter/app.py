@@ -53,7 +53,7 @@ class Application:
         sources: list[IdSource] = [FixedIds(settings.import_ids)]
         if settings.ids_file is not None:
             sources.append(IdsFile(settings.ids_file))
-        self.ids = TrackedIds(sources)
+        self.ids = TrackedIds(sources, max_tracked=settings.max_tracked)
         self.poller = Poller(
             StatusApi(flavour_named("web-v2"), transport),
             self.ids,
@@ -62,7 +62,7 @@ class Application:
             clock=clock,
         )
         self.registry = CollectorRegistry()
-        self.registry.register(ImportCollector(self.poller, self.stats))
+        self.registry.register(ImportCollector(self.poller, self.stats, self.ids))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)

@@ -26,10 +26,7 @@ from click.core import ParameterSource
 from elevate_import_exporter import __version__, logs
 from elevate_import_exporter.app import Application
 from elevate_import_exporter.config import (
-    LOG_OPTIONS,
-    RUN_OPTIONS,
     ConfigError,
-    Option,
     Settings,
     check_key,
     choice,
@@ -38,6 +35,7 @@ from elevate_import_exporter.config import (
     read_key_file,
 )
 from elevate_import_exporter.idsfile import IdsFileError
+from elevate_import_exporter.options import LOG_OPTIONS, RUN_OPTIONS, Option
 from elevate_import_exporter.simulator import (
     DEMO_UNKNOWN_ID,
     SCENARIO_FORMAT,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,18 +22,32 @@ from elevate_import_exporter.poller import ImportState, Poller, RoundResult, Sna
 from elevate_import_exporter.stats import LATENCY_BUCKETS, ApiStats, RequestStats
 
 
+class IdCounts(Protocol):
+    """What the collector reads of the tracked ids (:class:`~.sources.TrackedIds`)."""
+
+    @property
+    def refused(self) -> int: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+
 class ImportCollector(Collector):
-    def __init__(self, poller: Poller, stats: RequestStats) -> None:
+    def __init__(self, poller: Poller, stats: RequestStats, ids: IdCounts | None = None) -> None:
         self._poller = poller
         self._stats = stats
+        self._ids = ids
 
     def describe(self) -> Iterator[Metric]:
         # The same families without samples: lets the registry refuse a clashing
         # collector without running a poll.
-        return _families(Snapshot({}, None), RequestStats().snapshot())
+        yield from _families(Snapshot({}, None), RequestStats().snapshot())
+        if self._ids is not None:
+            yield from _source_families(0, {})
 
     def collect(self) -> Iterator[Metric]:
-        return _families(self._poller.snapshot(), self._stats.snapshot())
+        yield from _families(self._poller.snapshot(), self._stats.snapshot())
+        if self._ids is not None:
+            yield from _source_families(self._ids.refused, self._ids.counts())
 
 
 def _families(snapshot: Snapshot, api: ApiStats) -> Iterator[Metric]:
@@ -119,6 +134,23 @@ def _round_families(last_round: RoundResult | None, tracked: int) -> Iterator[Me
         up.add_metric([], 1.0 if last_round.up else 0.0)
         duration.add_metric([], last_round.seconds)
     yield from (up, duration)
+
+
+def _source_families(refused: int, counts: Mapping[str, int]) -> Iterator[Metric]:
+    by_source = GaugeMetricFamily(
+        "elevate_import_source_imports",
+        "Number of import ids tracked, by the source they come from "
+        "(an id in several sources counts for the first).",
+        labels=["source"],
+    )
+    for source, count in counts.items():
+        by_source.add_metric([source], count)
+    yield by_source
+    yield GaugeMetricFamily(
+        "elevate_import_refused_imports",
+        "Number of import ids not tracked because --imports.max-tracked was reached.",
+        value=refused,
+    )
 
 
 def _api_families(api: ApiStats) -> Iterator[Metric]:

@@ -16,6 +16,12 @@ from urllib.parse import urlsplit
 
 from elevate_import_exporter.logs import LOG_FORMATS, LOG_LEVELS
 from elevate_import_exporter.model import ID_RULE, is_valid_import_id
+
+# The option tables live in options.py; re-exported for callers that know config only.
+from elevate_import_exporter.options import LOG_OPTIONS as LOG_OPTIONS
+from elevate_import_exporter.options import RUN_OPTIONS as RUN_OPTIONS
+from elevate_import_exporter.options import Option as Option
+from elevate_import_exporter.options import default
 from elevate_import_exporter.secret import Secret
 
 MAX_CONCURRENCY = 256
@@ -27,132 +33,6 @@ MAX_TRACKED_LIMIT = 1_000_000
 
 class ConfigError(ValueError):
     """A setting is missing or has a bad value; the message names it."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting as users see it: flag, environment variable, default, help.
-
-    The one place each of these is written; the CLI builds its flags from it and
-    :func:`load_settings` takes its defaults from it.
-    """
-
-    flag: str
-    dest: str
-    env: str
-    help: str
-    default: str | None = None
-    multiple: bool = False
-
-
-RUN_OPTIONS = (
-    Option(
-        "--elevate.cluster-id",
-        "cluster_id",
-        "ELEVATE_CLUSTER_ID",
-        "Cluster id; the API is then https://{id}.api.esales.apptus.cloud.",
-    ),
-    Option(
-        "--elevate.base-url",
-        "base_url",
-        "ELEVATE_BASE_URL",
-        "Full base URL of the API; wins over the cluster id.",
-    ),
-    Option(
-        "--elevate.api-key-file",
-        "api_key_file",
-        "ELEVATE_API_KEY_FILE",
-        "File holding the Api-Key. Or set ELEVATE_API_KEY; no flag takes the key itself.",
-    ),
-    Option(
-        "--elevate.import-id",
-        "import_ids",
-        "ELEVATE_IMPORT_IDS",
-        "Import id to track; repeatable. The variable takes a comma or space separated list.",
-        multiple=True,
-    ),
-    Option(
-        "--elevate.import-ids-file",
-        "ids_file",
-        "ELEVATE_IMPORT_IDS_FILE",
-        "File of ids, one a line, '#' comments allowed; re-read when it changes or on SIGHUP.",
-    ),
-    Option(
-        "--elevate.concurrency",
-        "concurrency",
-        "ELEVATE_CONCURRENCY",
-        "Status requests in flight at once.",
-        "8",
-    ),
-    Option(
-        "--elevate.timeout",
-        "timeout",
-        "ELEVATE_TIMEOUT",
-        "Seconds for one status request.",
-        "5",
-    ),
-    Option(
-        "--elevate.retries",
-        "retries",
-        "ELEVATE_RETRIES",
-        "Extra tries after a 5xx, 429, timeout or connection error, within the scrape deadline.",
-        "1",
-    ),
-    Option(
-        "--elevate.min-poll-interval",
-        "min_poll_interval",
-        "ELEVATE_MIN_POLL_INTERVAL",
-        "A scrape sooner than this after the last poll round ended is answered from that "
-        "round, without asking Elevate. 0s polls on every scrape.",
-        "10s",
-    ),
-    Option(
-        "--imports.max-tracked",
-        "max_tracked",
-        "ELEVATE_EXPORTER_IMPORTS_MAX_TRACKED",
-        "Most import ids tracked at once; ids beyond it are refused with a warning.",
-        "10000",
-    ),
-    Option(
-        "--web.listen-address",
-        "listen_address",
-        "ELEVATE_EXPORTER_LISTEN_ADDRESS",
-        "[host]:port to serve on.",
-        ":10025",
-    ),
-    Option(
-        "--web.telemetry-path",
-        "telemetry_path",
-        "ELEVATE_EXPORTER_TELEMETRY_PATH",
-        "Path of the metrics.",
-        "/metrics",
-    ),
-)
-LOG_OPTIONS = (
-    Option(
-        "--log.level",
-        "log_level",
-        "ELEVATE_EXPORTER_LOG_LEVEL",
-        f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}.",
-        "info",
-    ),
-    Option(
-        "--log.format",
-        "log_format",
-        "ELEVATE_EXPORTER_LOG_FORMAT",
-        f"{' or '.join(LOG_FORMATS)}.",
-        "logfmt",
-    ),
-)
-_DEFAULTS = {option.dest: option.default for option in (*RUN_OPTIONS, *LOG_OPTIONS)}
-
-
-def default(dest: str) -> str:
-    """The default of a setting, as users write it."""
-    value = _DEFAULTS[dest]
-    if value is None:
-        raise KeyError(dest)
-    return value
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import gzip
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,6 +39,45 @@ def render(
     if accepts_gzip(accept_encoding):
         return Exposition(gzip.compress(body, compresslevel=6), content_type, "gzip")
     return Exposition(body, content_type, None)
+
+
+class Renderer:
+    """Renders a registry and remembers how long each kind of answer took to build, so
+    that a scrape can leave room for it within its timeout."""
+
+    # How much of an estimate survives a faster render: it drops slowly, rises at once.
+    _DECAY = 0.9
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._seconds: dict[tuple[str, bool], float] = {}
+
+    def estimate(self, accept: str, accept_encoding: str) -> float:
+        """Seconds the answer will take to build; the first time, measured by building it."""
+        kind = _kind(accept, accept_encoding)
+        with self._lock:
+            known = self._seconds.get(kind)
+        if known is not None:
+            return known
+        self.render(accept, accept_encoding)
+        with self._lock:
+            return self._seconds[kind]
+
+    def render(self, accept: str, accept_encoding: str, names: Iterable[str] = ()) -> Exposition:
+        started = time.perf_counter()
+        wanted = [name for name in names if name]
+        answer = render(self._registry, accept, accept_encoding, wanted)
+        seconds = time.perf_counter() - started
+        if not wanted:  # a filtered answer says little about a full one
+            kind = _kind(accept, accept_encoding)
+            with self._lock:
+                self._seconds[kind] = max(seconds, self._DECAY * self._seconds.get(kind, 0.0))
+        return answer
+
+
+def _kind(accept: str, accept_encoding: str) -> tuple[str, bool]:
+    return choose_encoder(accept)[1], accepts_gzip(accept_encoding)
 
 
 def accepts_gzip(header: str) -> bool:

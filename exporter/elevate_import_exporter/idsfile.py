@@ -1,9 +1,16 @@
-"""The ids file: one import id a line, followed while the exporter runs."""
+"""The ids file: one import id a line, followed while the exporter runs.
+
+Only a regular file is read (a symlink to one is fine: Kubernetes ConfigMaps are
+made of them), opened without blocking, and at most :data:`MAX_IDS_FILE_BYTES`
+of it: a named pipe, a device or a runaway file must not stall a poll round or
+eat the exporter's memory.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import stat as stat_kind
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +19,35 @@ from elevate_import_exporter.model import ID_RULE, is_valid_import_id
 
 log = logging.getLogger(__name__)
 
+# Far above what 1,000,000 ids need (the most --imports.max-tracked allows), far
+# below what would hurt the exporter.
+MAX_IDS_FILE_BYTES = 16 * 1024 * 1024
+
+# Enough bad lines to see what is wrong with a file, without one warning for each
+# line of a file that is not an ids file at all.
+BAD_LINES_WARNED = 20
+
+# Non-blocking: opening a named pipe for reading would wait for a writer. Without
+# a controlling terminal: a tty named as the ids file must not become ours.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+_KINDS = (
+    (stat_kind.S_ISDIR, "a directory"),
+    (stat_kind.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat_kind.S_ISCHR, "a character device"),
+    (stat_kind.S_ISBLK, "a block device"),
+    (stat_kind.S_ISSOCK, "a socket"),
+)
+
+Signature = tuple[int, int, int, int]
+
 
 class IdsFileError(Exception):
     """The ids file could not be read at all."""
+
+
+class _Unreadable(Exception):
+    """Why the file was not read, in words for a log line."""
 
 
 @dataclass(frozen=True)
@@ -38,17 +71,42 @@ def parse_ids(text: str) -> tuple[list[str], list[BadLine]]:
     return list(ids), bad
 
 
-def _signature(stat: os.stat_result) -> tuple[int, int, int, int]:
+def _signature(stat: os.stat_result) -> Signature:
     # Inode and device catch a file replaced by rename (how editors and Kubernetes
     # ConfigMaps update files); size and mtime catch edits in place.
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _read(path: Path) -> tuple[Signature, str]:
+    """The signature and text of the regular file at ``path``; :class:`_Unreadable` if none."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise _Unreadable(_why(exc)) from exc
+    try:
+        with os.fdopen(fd, "rb") as file:
+            # The descriptor, not the path: the file may be swapped between two calls.
+            stat = os.fstat(fd)
+            if not stat_kind.S_ISREG(stat.st_mode):
+                raise _Unreadable(f"it is {_kind(stat.st_mode)}, not a regular file")
+            data = file.read(MAX_IDS_FILE_BYTES + 1)
+    except OSError as exc:
+        raise _Unreadable(_why(exc)) from exc
+    if len(data) > MAX_IDS_FILE_BYTES:
+        raise _Unreadable(f"it is larger than {MAX_IDS_FILE_BYTES // (1024 * 1024)} MiB")
+    try:
+        return _signature(stat), data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(f"it is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
 class IdsFile:
     """The ids of a file that may change while the exporter runs.
 
     The file is checked with one ``stat`` per call and re-read only when it changed,
-    so calling :meth:`current` on every round costs next to nothing.
+    so calling :meth:`current` on every round costs next to nothing. A file that
+    cannot be read leaves the last good set in place, with one warning for each
+    new reason.
     """
 
     name = "file"
@@ -56,15 +114,14 @@ class IdsFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._signature: tuple[int, int, int, int] | None = None
+        self._signature: Signature | None = None
         self._current: tuple[str, ...] = ()
-        self._broken = False
+        self._broken: str | None = None  # why the latest read failed
         try:
-            stat = path.stat()
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise IdsFileError(f"cannot read the ids file {path}: {_why(exc)}") from exc
-        self._apply(text, _signature(stat))
+            signature, text = _read(path)
+        except _Unreadable as exc:
+            raise IdsFileError(f"cannot read the ids file {path}: {exc}") from None
+        self._apply(text, signature)
 
     def current(self) -> tuple[str, ...]:
         with self._lock:
@@ -72,44 +129,56 @@ class IdsFile:
             return self._current
 
     def reload(self) -> None:
+        """Read the file now, even if its size, time and inode look unchanged."""
         with self._lock:
             self._signature = None
             self._refresh()
 
     def _refresh(self) -> None:
-        path = self.path
         try:
-            stat = path.stat()
-            if _signature(stat) == self._signature:
+            if _signature(self.path.stat()) == self._signature:
                 return
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            if not self._broken:
-                log.warning(
-                    "cannot read the ids file %s, keeping the last good set of %d ids: %s",
-                    path,
-                    len(self._current),
-                    _why(exc),
-                )
-                self._broken = True
+            signature, text = _read(self.path)
+        except (OSError, _Unreadable) as exc:
+            self._failed(_why(exc))
             return
-        if self._broken:
-            log.info("the ids file %s is readable again", path)
-            self._broken = False
+        if self._broken is not None:
+            log.info("the ids file %s is readable again", self.path)
+            self._broken = None
         before = set(self._current)
-        self._apply(text, _signature(stat))
+        self._apply(text, signature)
         after = set(self._current)
         log.info(
             "re-read the ids file %s: %d ids, %d added, %d removed",
-            path,
+            self.path,
             len(self._current),
             len(after - before),
             len(before - after),
         )
 
-    def _apply(self, text: str, signature: tuple[int, int, int, int]) -> None:
+    def _failed(self, why: str) -> None:
+        # Every round asks; a file that stays broken must not log on every scrape.
+        if why == self._broken:
+            return
+        log.warning(
+            "cannot read the ids file %s, keeping the last good set of %d ids: %s",
+            self.path,
+            len(self._current),
+            why,
+        )
+        self._broken = why
+
+    def _apply(self, text: str, signature: Signature) -> None:
         ids, bad = parse_ids(text)
-        for line in bad:
+        self._warn_bad_lines(bad)
+        ids_tuple = tuple(ids)
+        # The same tuple while nothing changed lets TrackedIds skip re-joining.
+        if ids_tuple != self._current:
+            self._current = ids_tuple
+        self._signature = signature
+
+    def _warn_bad_lines(self, bad: list[BadLine]) -> None:
+        for line in bad[:BAD_LINES_WARNED]:
             log.warning(
                 "skipping line %d of the ids file %s: %r is not an import id (%s)",
                 line.number,
@@ -117,11 +186,16 @@ class IdsFile:
                 line.text[:100],
                 ID_RULE,
             )
-        ids_tuple = tuple(ids)
-        # The same tuple while nothing changed lets TrackedIds skip re-joining.
-        if ids_tuple != self._current:
-            self._current = ids_tuple
-        self._signature = signature
+        if len(bad) > BAD_LINES_WARNED:
+            log.warning(
+                "... and %d more bad lines in the ids file %s",
+                len(bad) - BAD_LINES_WARNED,
+                self.path,
+            )
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "an unusual kind of file")
 
 
 def _why(exc: BaseException) -> str:

@@ -60,6 +60,15 @@ def safe_text(text: str, limit: int | None = None) -> str:
     return _UNSAFE.sub("\ufffd", text)
 
 
+def snippet(body: bytes, limit: int = 120) -> str:
+    """The start of a body from outside, on one line, for an error message."""
+    text = body[: limit * 4].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    if not text:
+        return "(empty body)"
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 @dataclass(frozen=True, slots=True)
 class ImportInfo:
     """A valid answer about one import; ``id`` is always the id that was asked for."""

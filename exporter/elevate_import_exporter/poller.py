@@ -1,7 +1,10 @@
 """Poll rounds and the state they leave: what the exporter knows about each import.
 
-One round per scrape. Scrapes that arrive while a round runs wait for it and share
-its result, so concurrent scrapes never multiply the requests sent to Elevate.
+One round per scrape, but none sooner than the minimum interval after the last one
+ended. Scrapes that arrive while a round runs wait for it and share its result, so
+concurrent scrapes never multiply the requests sent to Elevate; nor do ids that
+Elevate asked to wait for (``Retry-After``, see :mod:`holds`). An id that leaves its
+source keeps its state for ``forget_after`` seconds and comes back as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from elevate_import_exporter.holds import Holds
 from elevate_import_exporter.model import ApiError, ImportInfo, QueryError
 from elevate_import_exporter.sources import TrackedIds
 from elevate_import_exporter.workers import Workers
@@ -24,6 +28,13 @@ log = logging.getLogger(__name__)
 # Enough warning lines to see what goes wrong without flooding the log when a
 # whole cluster fails for thousands of ids.
 _WARNINGS_PER_ROUND = 20
+# An ids file rewritten in place is briefly empty; a quarter of an hour covers any
+# such moment (and an edit by hand) without keeping departed ids for long.
+FORGET_AFTER = 15 * 60.0
+# Bounds the memory held for departed ids, whatever leaves at once.
+MAX_DEPARTED = 100_000
+# The RoundResult.failures key of ids not asked because Elevate asked to wait.
+HELD = "retry_after"
 
 
 class StatusQuery(Protocol):
@@ -72,6 +83,14 @@ class _Round:
 
 
 class Poller:
+    """Rounds of status queries for the tracked ids, and the state they leave.
+
+    ``min_interval``: seconds after a round ended during which a poll asks nothing.
+    ``forget_after``: seconds an id that left its source keeps its state (0: none).
+    An id held back by a ``Retry-After`` counts as without a fresh answer: its
+    ``poll_success`` is 0 and the round is not up.
+    """
+
     def __init__(
         self,
         api: StatusQuery,
@@ -79,17 +98,22 @@ class Poller:
         *,
         concurrency: int,
         min_interval: float = 0.0,
+        forget_after: float = FORGET_AFTER,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._api = api
         self._ids = ids
         self._min_interval = min_interval
+        self._forget_after = forget_after
         self._clock = clock
+        self._holds = Holds()
         self._workers = Workers(concurrency)
         self._lock = threading.Lock()
         self._running: _Round | None = None
         # Replaced, never mutated, so a snapshot is a reference taken under the lock.
         self._imports: Mapping[str, ImportState] = {}
+        # Ids that left their source: state and when (monotonic) they left, oldest first.
+        self._departed: dict[str, tuple[ImportState, float]] = {}
         self._last_round: RoundResult | None = None
         self._last_end: float | None = None  # monotonic
         self._sync_ids()
@@ -134,66 +158,75 @@ class Poller:
             mine.done.set()
 
     def _sync_ids(self) -> list[str]:
-        """Follow the tracked ids: new ids start now, removed ids are forgotten."""
+        """Follow the tracked ids; returns those not final, to be asked in a round.
+
+        New ids start now; an id that comes back within ``forget_after`` is restored
+        as it left (first seen, status, a final status stays final).
+        """
         ids = self._ids.current()
         with self._lock:
             known = self._imports
-        if len(ids) == len(known) and all(i in known for i in ids):
-            return [i for i in ids if not known[i].final]
-        now = self._clock()
-        imports = {i: known.get(i) or ImportState(i, first_seen=now) for i in ids}
-        with self._lock:
-            self._imports = imports
-        return [i for i in ids if not imports[i].final]
+            self._forget_departed(time.monotonic())
+            if len(ids) != len(known) or not all(i in known for i in ids):
+                known = self._imports = self._follow(ids, known)
+        return [i for i in ids if not known[i].final]
+
+    def _follow(
+        self, ids: tuple[str, ...], known: Mapping[str, ImportState]
+    ) -> dict[str, ImportState]:
+        # Called with the lock held: a round's answers must not land in between.
+        now, left_at = self._clock(), time.monotonic()
+        departed = self._departed
+        imports: dict[str, ImportState] = {}
+        for import_id in ids:
+            state = known.get(import_id)
+            if state is None:
+                kept = departed.pop(import_id, None)
+                state = kept[0] if kept else ImportState(import_id, first_seen=now)
+            imports[import_id] = state
+        if self._forget_after > 0:
+            for import_id, state in known.items():
+                if import_id not in imports:
+                    departed[import_id] = (state, left_at)
+            while len(departed) > MAX_DEPARTED:
+                del departed[next(iter(departed))]
+        return imports
+
+    def _forget_departed(self, now: float) -> None:
+        departed = self._departed
+        # Oldest first, so the first one still within its grace ends the sweep.
+        while departed:
+            oldest = next(iter(departed))
+            if departed[oldest][1] > now - self._forget_after:
+                return
+            del departed[oldest]
 
     def _run(self, deadline: float) -> None:
         started = time.monotonic()
         pending = self._sync_ids()
+        held = self._holds.held(pending)
+        asked = [i for i in pending if i not in held]
         stop = threading.Event()
         futures: dict[Future[ImportInfo], str] = {
             self._workers.submit(self._query, import_id, deadline, stop): import_id
-            for import_id in pending
+            for import_id in asked
         }
         done, _late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         # Stragglers give up instead of retrying after the round has ended.
         stop.set()
-        answers: dict[str, ImportInfo | None] = dict.fromkeys(pending)
-        failures: Counter[str] = Counter()
-        warned = 0
-        for future in done:
-            import_id = futures[future]
-            error = future.exception()
-            if error is None:
-                answers[import_id] = future.result()
-                continue
-            reason = error.reason if isinstance(error, ApiError) else "not_sent"
-            failures[reason] += 1
-            if isinstance(error, ApiError) and warned < _WARNINGS_PER_ROUND:
-                warned += 1
-                log.warning(
-                    "status query failed for id=%s reason=%s code=%s: %s",
-                    import_id,
-                    error.reason,
-                    error.code,
-                    error.detail,
-                )
-            elif not isinstance(error, QueryError):
-                log.error("status query crashed for id=%s", import_id, exc_info=error)
-        missing = len(pending) - len(done)
-        if missing:
-            failures["deadline"] += missing
-        if failures:
-            log.warning(
-                "poll round: %d of %d ids without a fresh answer (%s)",
-                sum(failures.values()),
-                len(pending),
-                ", ".join(f"{k}={v}" for k, v in sorted(failures.items())),
-            )
-        self._apply(answers)
+        answers: dict[str, ImportInfo | None] = dict.fromkeys(asked)
+        failures = _collect(futures, done, answers)
+        if held:
+            failures[HELD] = len(held)
+        _log_round(failures, len(pending))
+        self._apply(answers, held)
+        # Ids that left while the round ran leave now, not one scrape later.
+        self._sync_ids()
         result = RoundResult(
-            up=not failures,
+            # Held ids were not queried: the contract's up is about the ids a round asked.
+            up=not any(reason != HELD for reason in failures),
             seconds=time.monotonic() - started,
-            queried=len(pending),
+            queried=len(asked),
             ended=self._clock(),
             failures=dict(failures),
         )
@@ -204,14 +237,19 @@ class Poller:
         try:
             return self._api.import_status(import_id, deadline, stop)
         except ApiError as error:
-            if error.concerns_whole_key:
+            # A 403/404, or a busy cluster asking to wait: no other id can do better now.
+            if self._holds.note(import_id, error) or error.concerns_whole_key:
                 stop.set()
             raise
 
-    def _apply(self, answers: Mapping[str, ImportInfo | None]) -> None:
+    def _apply(self, answers: Mapping[str, ImportInfo | None], held: set[str]) -> None:
         now = self._clock()
         with self._lock:
             imports = dict(self._imports)
+            for import_id in held:
+                # Not asked, so not fresh; last_polled still says when it last was.
+                if (state := imports.get(import_id)) is not None:
+                    imports[import_id] = replace(state, poll_success=False)
             for import_id, info in answers.items():
                 state = imports.get(import_id)
                 if state is None:  # removed from the ids file while the round ran
@@ -236,3 +274,50 @@ class Poller:
                     last_polled=now,
                 )
             self._imports = imports
+
+
+def _collect(
+    futures: Mapping[Future[ImportInfo], str],
+    done: set[Future[ImportInfo]],
+    answers: dict[str, ImportInfo | None],
+) -> Counter[str]:
+    """Fill ``answers`` from the queries that ended; the ids without one, by why."""
+    failures: Counter[str] = Counter()
+    warned = 0
+    for future in done:
+        import_id = futures[future]
+        error = future.exception()
+        if error is None:
+            answers[import_id] = future.result()
+            continue
+        reason = error.reason if isinstance(error, ApiError) else "not_sent"
+        failures[reason] += 1
+        if isinstance(error, ApiError) and warned < _WARNINGS_PER_ROUND:
+            warned += 1
+            log.warning(
+                "status query failed for id=%s reason=%s code=%s: %s",
+                import_id,
+                error.reason,
+                error.code,
+                error.detail,
+            )
+        elif not isinstance(error, QueryError):
+            log.error("status query crashed for id=%s", import_id, exc_info=error)
+    missing = len(futures) - len(done)
+    if missing:
+        failures["deadline"] += missing
+    return failures
+
+
+def _log_round(failures: Counter[str], pending: int) -> None:
+    if not failures:
+        return
+    # Ids held back are announced when the hold begins; a round that only waits is no news.
+    level = logging.DEBUG if set(failures) == {HELD} else logging.WARNING
+    log.log(
+        level,
+        "poll round: %d of %d ids without a fresh answer (%s)",
+        sum(failures.values()),
+        pending,
+        ", ".join(f"{k}={v}" for k, v in sorted(failures.items())),
+    )

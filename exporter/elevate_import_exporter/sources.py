@@ -7,9 +7,13 @@ knowing. :class:`TrackedIds` joins them into the one set the poller follows.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Sequence
+from itertools import islice
 from typing import Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -83,31 +87,48 @@ class MemoryIds:
 
 
 class TrackedIds:
-    """The ids of all sources, in the order of the sources, each id once."""
+    """The ids of all sources, in the order of the sources, each id once.
 
-    def __init__(self, sources: Sequence[IdSource]) -> None:
+    With ``max_tracked``, only the first that many ids are tracked: a runaway
+    source must not take the exporter's memory or flood Prometheus with series.
+    The ids beyond it are :attr:`refused`, with one warning each time their
+    number changes.
+    """
+
+    def __init__(self, sources: Sequence[IdSource], max_tracked: int | None = None) -> None:
+        if max_tracked is not None and max_tracked < 1:
+            raise ValueError(f"max_tracked must be at least 1, not {max_tracked}")
         self.sources = tuple(sources)
+        self._max = max_tracked
         self._lock = threading.Lock()
-        self._seen: tuple[tuple[str, ...], ...] = ()
+        self._seen: tuple[tuple[str, ...], ...] | None = None
         self._current: tuple[str, ...] = ()
         self._owner: dict[str, str] = {}
+        self._counts: dict[str, int] = {}
+        self._refused = 0
 
     def current(self) -> tuple[str, ...]:
         parts = tuple(source.current() for source in self.sources)
         with self._lock:
             # Sources hand out the same tuple while they are unchanged, so an identity
             # check spares re-joining thousands of ids on every round.
-            if len(parts) != len(self._seen) or any(
-                a is not b for a, b in zip(parts, self._seen, strict=True)
+            if self._seen is not None and all(
+                a is b for a, b in zip(parts, self._seen, strict=True)
             ):
-                owner: dict[str, str] = {}
-                for source, ids in zip(self.sources, parts, strict=True):
-                    for import_id in ids:
-                        owner.setdefault(import_id, source.name)
-                self._owner = owner
-                self._current = tuple(owner)
-                self._seen = parts
-            return self._current
+                return self._current
+            refused_before = self._refused
+            self._join(parts)
+            current, refused = self._current, self._refused
+        if refused != refused_before:
+            self._log_refused(refused, len(current))
+        return current
+
+    @property
+    def refused(self) -> int:
+        """How many ids the sources hold beyond ``max_tracked``, which are not tracked."""
+        self.current()
+        with self._lock:
+            return self._refused
 
     def source_of(self, import_id: str) -> str | None:
         """The name of the first source that holds ``import_id`` (as of :meth:`current`)."""
@@ -115,14 +136,37 @@ class TrackedIds:
             return self._owner.get(import_id)
 
     def counts(self) -> dict[str, int]:
-        """Ids per source name, each id counted for the first source that holds it."""
+        """Tracked ids per source name, each id counted for the first source that holds it."""
         self.current()
         with self._lock:
-            counts = dict.fromkeys((s.name for s in self.sources), 0)
-            for name in self._owner.values():
-                counts[name] += 1
-            return counts
+            return dict(self._counts)
 
     def reload(self) -> None:
         for source in self.sources:
             source.reload()
+
+    def _join(self, parts: tuple[tuple[str, ...], ...]) -> None:
+        owner: dict[str, str] = {}
+        for source, ids in zip(self.sources, parts, strict=True):
+            for import_id in ids:
+                owner.setdefault(import_id, source.name)
+        refused = 0
+        if self._max is not None and len(owner) > self._max:
+            refused = len(owner) - self._max
+            owner = dict(islice(owner.items(), self._max))
+        counts = dict.fromkeys((s.name for s in self.sources), 0)
+        for name in owner.values():
+            counts[name] += 1
+        self._owner, self._counts, self._refused = owner, counts, refused
+        self._current = tuple(owner)
+        self._seen = parts
+
+    def _log_refused(self, refused: int, tracked: int) -> None:
+        if refused:
+            log.warning(
+                "%d import ids refused: only the first %d are tracked (--imports.max-tracked)",
+                refused,
+                self._max,
+            )
+        else:
+            log.info("no import ids refused any more: all %d are tracked", tracked)

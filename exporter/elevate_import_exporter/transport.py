@@ -4,33 +4,48 @@ One ``requests.Session`` with a pool as large as the concurrency, so the status
 requests of a round reuse kept-alive connections. The transport knows no API
 flavour and no metrics: it sends a GET, bounds it by the round's deadline, retries
 what may be retried, caps and redacts the body, hands the body to the flavour's
-parser and reports every request it sent to an ``on_request`` callback.
+parser and reports every request it sent to an ``on_request`` callback: with the
+HTTP status of an answer that arrived whole, or ``timeout`` / ``connection_error``
+for one that did not, whether it broke off in its headers or in its body (a status
+line alone is not an answer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from datetime import UTC
+from typing import Any, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, ProxyManager
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ReadTimeoutError
 
-from elevate_import_exporter.model import ApiError, NotSent, RequestRecord
+from elevate_import_exporter.deadline import Guard, Reaper, WholeHead, current
+from elevate_import_exporter.logs import secret_pattern
+from elevate_import_exporter.model import ApiError, NotSent, RequestRecord, safe_text, snippet
 from elevate_import_exporter.secret import Secret
 
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 1024 * 1024
 REDACTED = "<redacted>"
+# The longest Retry-After honoured; a longer one, or a date further ahead, counts as
+# this. An hour outlasts any rate limit worth waiting for, and one answer cannot make
+# the exporter leave an id alone for days.
+MAX_RETRY_AFTER = 3600.0
 
 _BACKOFF_BASE = 0.1
 _BACKOFF_CAP = 2.0
+_REASONS = {403: "forbidden", 404: "cluster_not_found", 429: "rate_limited"}
 
 
 class Transport:
@@ -48,22 +63,25 @@ class Transport:
         on_request: Callable[[RequestRecord], None] = lambda _record: None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._key = api_key.reveal()
+        self._key = secret_pattern(api_key.reveal())
+        self._key_in_bytes = re.compile(self._key.pattern.encode(), re.IGNORECASE)
         self._timeout = timeout
         self._retries = retries
         self._on_request = on_request
+        self._reaper = Reaper()
         self._session = _session_for(self.base_url)
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
-        self._headers = {"Api-Key": self._key, "User-Agent": user_agent}
+        self._headers = {"Api-Key": api_key.reveal(), "User-Agent": user_agent}
 
     def close(self) -> None:
         self._session.close()
+        self._reaper.close()
 
     def redact(self, text: str) -> str:
-        """``text`` without the key: a proxy or an error page may echo request headers."""
-        return text.replace(self._key, REDACTED)
+        """``text`` without the key, plain or escaped: a proxy or an error page may echo it."""
+        return self._key.sub(REDACTED, text)
 
     def get(
         self,
@@ -104,29 +122,29 @@ class Transport:
         deadline: float,
     ) -> T:
         started = time.perf_counter()
-        try:
-            # Redirects are not followed: requests keeps custom headers such as
-            # Api-Key on a redirect to another host.
-            response = self._session.get(
-                url,
-                headers={**headers, **self._headers},
-                timeout=timeout,
-                stream=True,
-                allow_redirects=False,
-            )
-        except requests.Timeout:
-            raise self._failed("timeout", "timeout", started, "no answer in time") from None
-        except requests.RequestException as exc:
-            raise self._failed(
-                "connection_error", "connection_error", started, type(exc).__name__
-            ) from None
-        code = str(response.status_code)
-        try:
-            body = _read_body(response, deadline)
-        except _BodyError as exc:
-            response.close()
-            raise self._failed(exc.reason, code, started, exc.detail) from None
-        status = response.status_code
+        with self._reaper.guard(deadline) as guard:
+            try:
+                # Redirects are not followed: requests keeps custom headers such as
+                # Api-Key on a redirect to another host.
+                response = self._session.get(
+                    url,
+                    headers={**headers, **self._headers},
+                    timeout=timeout,
+                    stream=True,
+                    allow_redirects=False,
+                )
+                with contextlib.closing(response):
+                    body = _read_body(response)
+            except _TooLarge as exc:
+                code = str(response.status_code)
+                raise self._failed("invalid_response", code, started, str(exc)) from None
+            except Exception as exc:
+                reason, detail = _lost(exc, guard.expired)
+                raise self._failed(reason, reason, started, detail) from None
+        # Before anything reads the body, so that no message made from it (the parser's,
+        # a snippet cut to length) can hold the key or a part of it.
+        body = self._key_in_bytes.sub(REDACTED.encode(), body)
+        status, code = response.status_code, str(response.status_code)
         if 200 <= status < 300:
             try:
                 result = parse(body)
@@ -142,24 +160,18 @@ class Transport:
         )
 
     def _failed(
-        self,
-        reason: str,
-        code: str,
-        started: float,
-        detail: str,
-        retry_after: float | None = None,
+        self, reason: str, code: str, started: float, detail: str, retry_after: float | None = None
     ) -> ApiError:
         self._on_request(RequestRecord(code, time.perf_counter() - started, reason))
-        return ApiError(reason, self.redact(detail), code=code, retry_after=retry_after)
+        detail = safe_text(self.redact(detail))
+        return ApiError(reason, detail, code=code, retry_after=retry_after)
 
 
 def _session_for(url: str) -> requests.Session:
     """A session that reads the proxy and CA bundle settings of the environment once.
 
-    With ``trust_env`` on, requests reads the proxy variables, the CA bundle
-    variables and ~/.netrc again for every request: a fifth of a status request's
-    CPU. The environment of a running process does not change, so the exporter
-    reads it at start-up; the Api-Key header makes .netrc credentials moot.
+    With ``trust_env`` on, requests reads them (and ~/.netrc, moot with an Api-Key)
+    again for every request: a fifth of a status request's CPU.
     """
     session = requests.Session()
     session.trust_env = False
@@ -170,64 +182,65 @@ def _session_for(url: str) -> requests.Session:
     return session
 
 
-class _BodyError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+class _TooLarge(Exception):
+    pass
 
 
-def _read_body(response: requests.Response, deadline: float) -> bytes:
-    """The body, refusing more than :data:`MAX_BODY_BYTES` and giving up at the deadline.
-
-    Reading through ``iter_content`` to the end lets urllib3 put the connection back
-    in the pool; a huge or slow body closes it instead.
-    """
+def _read_body(response: requests.Response) -> bytes:
+    """The body, refusing more than :data:`MAX_BODY_BYTES` (read to its end, the
+    connection goes back to the pool; a huge body closes it instead)."""
     chunks: list[bytes] = []
     size = 0
-    try:
-        for chunk in response.iter_content(64 * 1024):
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise _BodyError("invalid_response", f"body larger than {MAX_BODY_BYTES} bytes")
-            if time.monotonic() > deadline:
-                raise _BodyError("timeout", "body still arriving at the deadline")
-            chunks.append(chunk)
-    except requests.ConnectionError as exc:
-        # requests reports a read timeout inside the body as a ConnectionError.
-        if exc.args and isinstance(exc.args[0], ReadTimeoutError):
-            raise _BodyError("timeout", "body stopped arriving") from None
-        raise _BodyError("connection_error", "connection lost while reading the body") from None
-    except requests.RequestException as exc:
-        raise _BodyError("invalid_response", f"body unreadable: {type(exc).__name__}") from None
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _TooLarge(f"body larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
     return b"".join(chunks)
 
 
+def _lost(error: Exception, expired: bool) -> tuple[str, str]:
+    """Why an answer did not arrive whole (``timeout``, ``connection_error``), and a detail.
+
+    Once the guard has shut the connection down at the deadline, whatever the client
+    library makes of that (an end of file, a broken chunk, an SSL error) is a timeout.
+    """
+    if expired:
+        return "timeout", "no complete answer by the deadline"
+    if not isinstance(error, requests.RequestException):
+        raise error
+    # requests reports a read timeout inside the body as a ConnectionError.
+    if isinstance(error, requests.Timeout) or any(
+        isinstance(arg, ReadTimeoutError) for arg in error.args
+    ):
+        return "timeout", "no answer in time"
+    return "connection_error", f"connection lost: {type(error).__name__}"
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    """Seconds to wait from a ``Retry-After`` header, at most :data:`MAX_RETRY_AFTER`.
+
+    ASCII digits or an HTTP date; anything else (``³``, ``1e9``, ``-5``) is None, as if
+    there were no header.
+    """
+    value = (value or "").strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:  # "-0000": an HTTP date is in GMT all the same
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - time.time()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _reason_for(status: int) -> str:
-    if status == 403:
-        return "forbidden"
-    if status == 404:
-        return "cluster_not_found"
-    if status == 429:
-        return "rate_limited"
     if status >= 500:
         return "server_error"
     if status >= 400:
-        return "client_error"
+        return _REASONS.get(status, "client_error")
     return "unexpected_status"
 
 
@@ -237,10 +250,45 @@ def _backoff(attempt: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def snippet(body: bytes, limit: int = 120) -> str:
-    """The start of a body, on one line, for an error message."""
-    text = body[: limit * 4].decode("utf-8", "replace")
-    text = " ".join(text.split())
-    if not text:
-        return "(empty body)"
-    return text[:limit] + ("..." if len(text) > limit else "")
+class _Connection(HTTPConnection):
+    """A connection that puts itself under its thread's guard once a request is sent."""
+
+    response_class = WholeHead
+    guard: Guard | None = None
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        # From here on only the answer can hold the worker, and the socket exists.
+        guard: Guard | None = getattr(current, "guard", None)
+        if guard is not None:
+            guard.attach(self)
+
+
+class _TLSConnection(_Connection, HTTPSConnection):
+    pass
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
+_POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _Pool, "https": _TLSPool}
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter, with pools of guarded connections, direct or through a proxy."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        # A SOCKS proxy brings connection classes of its own: socket timeouts only.
+        if isinstance(manager, ProxyManager):
+            manager.pool_classes_by_scheme = _POOLS
+        return manager

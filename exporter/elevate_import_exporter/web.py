@@ -1,29 +1,58 @@
-"""The exporter's HTTP side: routes requests to the application, nothing more."""
+"""The exporter's HTTP side: requests, routed to the application.
+
+:mod:`~elevate_import_exporter.connections` reads each request's head without a thread;
+here a handler thread answers it, building the whole answer in memory.
+"""
 
 from __future__ import annotations
 
+import io
 import logging
+import resource
 import socket
+import threading
+import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.exposition import render
+from elevate_import_exporter.connections import Connections
+from elevate_import_exporter.exposition import Exposition, Renderer
 from elevate_import_exporter.landing import landing_page
 from elevate_import_exporter.poller import Snapshot
 
 log = logging.getLogger(__name__)
 
-# The poll budget without a scrape timeout to go by (and for the first round).
+# Seconds from accepting a connection (or from the first byte of a later request on it)
+# until its request headers must be complete; trickling bytes do not extend it.
+HEADER_TIMEOUT = 10.0
+# Seconds a kept-alive connection may wait for its next request: longer than the usual
+# scrape interval (1 min), so that Prometheus keeps its connection.
+IDLE_TIMEOUT = 120.0
+# Handler threads; requests with complete headers beyond them queue for the next free one.
+MAX_THREADS = 32
+# Open connections; beyond it the one waiting longest for its headers is closed. Never
+# more than half the open-file limit, so the poller keeps descriptors for Elevate.
+MAX_CONNECTIONS = 512
+# Seconds to write one answer to a client that does not read it.
+WRITE_TIMEOUT = 30.0
+# Poll budget of the first round, which has no scrape to go by.
 DEFAULT_BUDGET = 10.0
+# The scrape timeout assumed without a usable X-Prometheus-Scrape-Timeout-Seconds
+# (Prometheus' default), and the most a client may ask for.
+DEFAULT_SCRAPE_TIMEOUT = 10.0
+MAX_SCRAPE_TIMEOUT = 300.0
 MIN_BUDGET = 0.1
-# Prometheus sends its scrape timeout; the poll must end this much earlier so that
-# rendering and sending the answer still fit.
+# The answer must be written within the scrape timeout: the poll ends this much earlier
+# than the time left after rendering (estimated at RENDER_FACTOR times the last render).
 BUDGET_MARGIN = 0.5
+RENDER_FACTOR = 1.5
+
+_TEXT = "text/plain; charset=utf-8"
 
 
 class ListenError(Exception):
@@ -45,68 +74,105 @@ class Site(Protocol):
     def is_ready(self) -> bool: ...
 
 
-def scrape_budget(header: str | None) -> float:
-    """Seconds a poll round may take, from ``X-Prometheus-Scrape-Timeout-Seconds``."""
-    if header:
-        try:
-            timeout = float(header)
-        except ValueError:
-            return DEFAULT_BUDGET
-        if timeout > 0:
-            return max(MIN_BUDGET, timeout - BUDGET_MARGIN)
-    return DEFAULT_BUDGET
+def scrape_timeout(header: str | None) -> float:
+    """The client's ``X-Prometheus-Scrape-Timeout-Seconds``: a finite positive number of
+    seconds, at most :data:`MAX_SCRAPE_TIMEOUT`; anything else means the default."""
+    try:
+        seconds = float(header or "")
+    except ValueError:
+        return DEFAULT_SCRAPE_TIMEOUT
+    if not 0 < seconds < float("inf"):  # also false for nan
+        return DEFAULT_SCRAPE_TIMEOUT
+    return min(seconds, MAX_SCRAPE_TIMEOUT)
+
+
+def poll_budget(timeout: float, spent: float, render_seconds: float) -> float:
+    """Seconds the poll may take so that the answer is written ``timeout`` seconds after
+    the request, ``spent`` of them gone already, rendering taking about ``render_seconds``."""
+    return max(MIN_BUDGET, timeout - spent - BUDGET_MARGIN - RENDER_FACTOR * render_seconds)
 
 
 class HttpServer:
-    """The endpoints of a :class:`Site` on ``host:port``; an empty host means every address."""
+    """The endpoints of a :class:`Site` on ``host:port``; an empty host means every address.
 
-    def __init__(self, site: Site, host: str, port: int) -> None:
-        self._server = _bind(host, port, site)
+    The timeouts and bounds default to the module's constants; tests pass small ones.
+    """
+
+    def __init__(
+        self,
+        site: Site,
+        host: str,
+        port: int,
+        *,
+        header_timeout: float = HEADER_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_threads: int = MAX_THREADS,
+        max_connections: int | None = None,
+        write_timeout: float = WRITE_TIMEOUT,
+    ) -> None:
+        self.site = site
+        self.renderer = Renderer(site.registry)
+        # A scrape may wait a whole poll round; half the threads stay free for the rest.
+        self.scrape_slots = threading.BoundedSemaphore(max(1, max_threads // 2))
+        self._connections = Connections(
+            _listen(host, port),
+            self._respond,
+            header_timeout=header_timeout,
+            idle_timeout=idle_timeout,
+            max_threads=max_threads,
+            max_connections=max_connections or _connection_limit(),
+            write_timeout=write_timeout,
+        )
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._connections.port
 
     def serve_forever(self) -> None:
-        # The interval bounds how long shutdown() waits for the loop to notice.
-        self._server.serve_forever(poll_interval=0.05)
+        self._connections.serve_forever()
 
     def shutdown(self) -> None:
-        self._server.shutdown()
+        self._connections.shutdown()
 
     def close(self) -> None:
-        self._server.server_close()
+        self._connections.close()
 
-
-_TEXT = "text/plain; charset=utf-8"
+    def _respond(self, peer: str, head: bytes, received: float) -> tuple[bytes, bool]:
+        handler = _Handler(self, peer, head, received)
+        return handler.answer(), not handler.close_connection
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """One request, read from its complete head, answered into a buffer (never the socket)."""
+
     protocol_version = "HTTP/1.1"
     server_version = f"elevate-import-exporter/{__version__}"
-    server: _Server
 
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body leave in two writes; with Nagle on, a kept-alive
-        # connection waits for the client's delayed ACK (~40 ms) between them.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, http: HttpServer, peer: str, head: bytes, received: float) -> None:
+        # Not BaseRequestHandler.__init__: that wants a socketserver and does the I/O.
+        self.http = http
+        self.received = received
+        self.client_address = (peer, 0)
+        self.rfile = io.BytesIO(head)
+        self._out = self.wfile = io.BytesIO()
+        self.close_connection = True
+
+    def answer(self) -> bytes:
+        self.handle_one_request()
+        return self._out.getvalue()
 
     def do_HEAD(self) -> None:
         self.do_GET()
 
     def do_GET(self) -> None:
-        site = self.server.site
+        site = self.http.site
         url = urlsplit(self.path)
         path = url.path
         if path == site.telemetry_path:
             self._metrics(site, parse_qs(url.query).get("name[]", []))
         elif path == "/":
-            self._send(
-                HTTPStatus.OK,
-                landing_page(site.snapshot(), site.telemetry_path),
-                "text/html; charset=utf-8",
-            )
+            page = landing_page(site.snapshot(), site.telemetry_path)
+            self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
         elif path == "/-/healthy":
             self._send(HTTPStatus.OK, b"Healthy.\n", _TEXT)
         elif path == "/-/ready":
@@ -118,22 +184,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, b"Not found.\n", _TEXT)
 
     def _metrics(self, site: Site, names: list[str]) -> None:
-        budget = scrape_budget(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
+        if not self.http.scrape_slots.acquire(blocking=False):
+            # Scrapes may wait a whole round: a flood of them must not take every thread.
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"Too many scrapes at once.\n", _TEXT)
+            return
         try:
-            site.poll(budget)
-            answer = render(
-                site.registry,
-                self.headers.get("Accept", ""),
-                self.headers.get("Accept-Encoding", ""),
-                names,
-            )
+            answer = self._scrape(site, names)
         except Exception:
             # A bug, not a bad answer from Elevate (those are metrics): say so to
             # Prometheus, whose up then shows it, and keep serving.
             log.exception("scrape failed")
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"Scrape failed.\n", _TEXT)
             return
+        finally:
+            self.http.scrape_slots.release()
         self._send(HTTPStatus.OK, answer.body, answer.content_type, answer.content_encoding)
+
+    def _scrape(self, site: Site, names: list[str]) -> Exposition:
+        accept = self.headers.get("Accept", "")
+        encoding = self.headers.get("Accept-Encoding", "")
+        renderer = self.http.renderer
+        timeout = scrape_timeout(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
+        render_seconds = renderer.estimate(accept, encoding)
+        site.poll(poll_budget(timeout, time.monotonic() - self.received, render_seconds))
+        return renderer.render(accept, encoding, names)
 
     def _send(
         self,
@@ -156,24 +230,14 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http %s %s", self.address_string(), format % args)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, site: Site):
-        self.address_family = family
-        self.site = site
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            # An empty host means every address, IPv4 included.
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
+def _connection_limit() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(8, min(MAX_CONNECTIONS, soft // 2))
 
 
-def _bind(host: str, port: int, site: Site) -> _Server:
+def _listen(host: str, port: int) -> socket.socket:
     candidates: list[tuple[str, socket.AddressFamily]]
     if host:
         try:
@@ -186,7 +250,13 @@ def _bind(host: str, port: int, site: Site) -> _Server:
     error: OSError | None = None
     for address, family in candidates:
         try:
-            return _Server((address, port), family, site)
+            # An empty host means every address, IPv4 included.
+            return socket.create_server(
+                (address, port),
+                family=family,
+                backlog=socket.SOMAXCONN,
+                dualstack_ipv6=family == socket.AF_INET6 and socket.has_dualstack_ipv6(),
+            )
         except OSError as exc:
             error = exc
     reason = error.strerror if error is not None and error.strerror else str(error)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from elevate_import_exporter.model import MAX_STATUS_CHARS, ImportInfo
-from elevate_import_exporter.transport import snippet
+from elevate_import_exporter.model import MAX_STATUS_CHARS, ImportInfo, snippet
 
 
 class WebV2:

@@ -1,0 +1,280 @@
+"""Connections without threads to spare: accept, read request heads, hand them over.
+
+The thread that calls ``serve_forever`` accepts connections and reads from all of them
+without blocking; only a request whose head (request line and headers) is complete goes to
+one of at most ``max_threads`` handler threads. A client that sends its head slowly, or
+never, so holds a file descriptor for at most ``header_timeout`` seconds and never a
+thread. Knows nothing of HTTP but where a request head ends. (TLS, later, wraps the socket
+where ``_accept`` takes it.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import re
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from elevate_import_exporter.workers import Workers
+
+log = logging.getLogger(__name__)
+MAX_HEADER_BYTES = 64 * 1024
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+Respond = Callable[[str, bytes, float], tuple[bytes, bool]]
+
+
+@dataclass(eq=False)
+class _Connection:
+    sock: socket.socket
+    peer: str
+    deadline: float  # monotonic: closed if its request headers are not complete by then
+    since: float  # when it began to wait
+    buffer: bytearray = field(default_factory=bytearray)
+    idle: bool = False  # kept alive, no byte of the next request yet
+
+
+class Connections:
+    """Accepts connections on ``listener`` and hands each complete request head to
+    ``respond(peer, head, received)``, which returns the answer and whether to keep alive.
+
+    Knows nothing of HTTP beyond where a request's headers end.
+    """
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        respond: Respond,
+        *,
+        header_timeout: float,
+        idle_timeout: float,
+        max_threads: int,
+        max_connections: int,
+        write_timeout: float,
+    ) -> None:
+        self._listener = listener
+        self.port = int(listener.getsockname()[1])
+        self._respond = respond
+        self._header_timeout = header_timeout
+        self._idle_timeout = idle_timeout
+        self._max_connections = max_connections
+        self._write_timeout = write_timeout
+        self._wake_r, self._wake_w = socket.socketpair()
+        for sock in (listener, self._wake_r, self._wake_w):
+            sock.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._workers = Workers(max_threads, name=f"http-{self.port}")
+        self._lock = threading.Lock()  # guards _returned and _closed
+        self._returned: list[tuple[_Connection, bool]] = []
+        self._closed = False
+        # Only the serving thread touches the rest.
+        self._waiting: set[_Connection] = set()
+        self._open = 0
+        self._accepting = False
+        self._resume_at = 0.0
+        self._backoff = 0.0
+        self._next_expiry = float("inf")
+        self._stop = threading.Event()
+        self._loop = threading.Lock()
+
+    def serve_forever(self) -> None:
+        with self._loop:
+            self._resume()
+            while not self._stop.is_set():
+                now = time.monotonic()
+                wake = min(self._next_expiry, now + 1.0 if self._accepting else self._resume_at)
+                for key, _events in self._selector.select(max(0.0, wake - now)):
+                    self._ready(key.data, time.monotonic())
+                now = time.monotonic()
+                self._take_back(now)
+                self._expire(now)
+                if not self._accepting and now >= self._resume_at:
+                    self._resume()
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever`` (from another thread) and wait until it has returned."""
+        self._stop.set()
+        self._wake()
+        with self._loop:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            returned, self._returned = self._returned, []
+        for conn in [*self._waiting, *(c for c, _keep in returned)]:
+            conn.sock.close()
+        self._waiting.clear()
+        self._workers.stop()
+        self._selector.close()
+        for sock in (self._listener, self._wake_r, self._wake_w):
+            sock.close()
+
+    # -- the serving thread ---------------------------------------------------------------
+
+    def _ready(self, data: _Connection | bool | None, now: float) -> None:
+        if isinstance(data, _Connection):
+            if data in self._waiting:  # not closed by an earlier event of this round
+                self._read(data, now)
+        elif data:
+            self._accept(now)
+        else:
+            while _recv(self._wake_r):
+                pass
+
+    def _accept(self, now: float) -> None:
+        if self._open >= self._max_connections and not self._evict_oldest():
+            self._pause(now + 0.1)  # all of them busy: one comes back soon
+            return
+        try:
+            sock, address = self._listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            # The listener stays readable: without a pause this loop would spin.
+            if not self._backoff:
+                log.warning("cannot accept connections: %s; pausing", exc.strerror or exc)
+            self._backoff = min(1.0, self._backoff * 2 or 0.1)
+            if exc.errno in _OUT_OF_DESCRIPTORS:
+                self._evict_oldest()
+            self._pause(now + self._backoff)
+            return
+        self._backoff = 0.0
+        self._open += 1
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # reset already: the first read will tell
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._watch(_Connection(sock, str(address[0]), now + self._header_timeout, now))
+
+    def _pause(self, until: float) -> None:
+        if self._accepting:
+            self._selector.unregister(self._listener)
+            self._accepting = False
+        self._resume_at = until
+
+    def _resume(self) -> None:
+        if not self._accepting:
+            self._selector.register(self._listener, selectors.EVENT_READ, True)
+            self._accepting = True
+
+    def _evict_oldest(self) -> bool:
+        if not self._waiting:
+            return False
+        oldest = min(self._waiting, key=lambda conn: conn.since)
+        log.debug("http %s closed to make room for a new connection", oldest.peer)
+        self._drop(oldest)
+        return True
+
+    def _watch(self, conn: _Connection) -> None:
+        self._waiting.add(conn)
+        self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        self._next_expiry = min(self._next_expiry, conn.deadline)
+
+    def _unwatch(self, conn: _Connection) -> None:
+        self._waiting.discard(conn)
+        self._selector.unregister(conn.sock)
+
+    def _drop(self, conn: _Connection) -> None:
+        if conn in self._waiting:
+            self._unwatch(conn)
+        conn.sock.close()
+        self._open -= 1
+        if not self._accepting and not self._backoff:
+            self._resume_at = 0.0  # it was full: there is room again
+
+    def _read(self, conn: _Connection, now: float) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("http %s read failed: %s", conn.peer, exc)
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        if conn.idle:  # the first byte of the next request starts its header timeout
+            conn.idle = False
+            conn.deadline = now + self._header_timeout
+            self._next_expiry = min(self._next_expiry, conn.deadline)
+        conn.buffer += data
+        self._dispatch_if_complete(conn, now)
+
+    def _dispatch_if_complete(self, conn: _Connection, now: float) -> None:
+        end = _HEAD_END.search(conn.buffer)
+        if end is None:
+            if len(conn.buffer) > MAX_HEADER_BYTES:
+                log.debug(
+                    "http %s closed: request headers over %d bytes", conn.peer, MAX_HEADER_BYTES
+                )
+                self._drop(conn)
+            return
+        head = bytes(conn.buffer[: end.end()])
+        del conn.buffer[: end.end()]
+        self._unwatch(conn)
+        self._workers.submit(self._answer, conn, head, now)
+
+    def _expire(self, now: float) -> None:
+        if now < self._next_expiry:
+            return
+        for conn in [c for c in self._waiting if c.deadline <= now]:
+            what = "idle keep-alive connection" if conn.idle else "incomplete request headers"
+            log.debug("http %s closed: %s", conn.peer, what)
+            self._drop(conn)
+        self._next_expiry = min((c.deadline for c in self._waiting), default=float("inf"))
+
+    def _take_back(self, now: float) -> None:
+        with self._lock:
+            returned, self._returned = self._returned, []
+        for conn, keep in returned:
+            if not keep:
+                self._drop(conn)
+                continue
+            conn.sock.setblocking(False)
+            conn.since = now
+            conn.idle = not conn.buffer
+            conn.deadline = now + (self._idle_timeout if conn.idle else self._header_timeout)
+            self._watch(conn)
+            if conn.buffer:  # pipelined: the next request may be complete already
+                self._dispatch_if_complete(conn, now)
+
+    def _wake(self) -> None:
+        # Full (a wake-up is pending anyway) or closed: nothing to do.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # -- handler threads ------------------------------------------------------------------
+
+    def _answer(self, conn: _Connection, head: bytes, received: float) -> None:
+        keep = False
+        try:
+            answer, keep = self._respond(conn.peer, head, received)
+            conn.sock.settimeout(self._write_timeout)
+            conn.sock.sendall(answer)
+        except (ConnectionError, TimeoutError) as exc:
+            keep = False
+            log.debug("http %s left before its answer was written: %r", conn.peer, exc)
+        except Exception:
+            keep = False
+            log.exception("http %s: answering the request failed", conn.peer)
+        with self._lock:
+            if not self._closed:
+                self._returned.append((conn, keep))
+                self._wake()
+                return
+        conn.sock.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(4096)
+    except OSError:
+        return b""

@@ -1,0 +1,139 @@
+"""The deadline of a whole request: headers and body, however slowly they trickle.
+
+A socket timeout bounds each read, so an answer that trickles a byte a second never
+trips it. A guard per request bounds the whole answer: one reaper thread shuts the
+request's socket down at its deadline, and the worker blocked in recv() wakes to an end
+of file. The transport's connection class attaches itself to its thread's guard once
+the request is sent. (A timer per request would cost a thread per request; reading the
+body in pieces with per-read timeouts would still leave the headers unbounded.) The
+connect and a TLS handshake stay bounded by the socket timeout alone.
+
+Standard library only: the transport plugs it into urllib3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import http.client
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol, cast
+
+
+class Guarded(Protocol):
+    """A connection a guard can shut: it has a socket (once connected) and a guard slot."""
+
+    sock: socket.socket | None
+    guard: Guard | None
+
+
+current = threading.local()
+_lock = threading.Lock()  # for every guard's attach, expire and finish
+
+
+class Guard:
+    """One request's deadline: once ``expired``, the connection it went out on is shut."""
+
+    def __init__(self) -> None:
+        self.expired = self._done = False
+        self._on: Guarded | None = None
+
+    def attach(self, connection: Guarded) -> None:
+        with _lock:
+            connection.guard, self._on = self, connection
+            if self.expired:
+                shut(connection)
+
+    def expire(self) -> None:
+        with _lock:
+            self.expired = not self._done
+            # Back in the pool, the connection may already carry another request.
+            if self.expired and self._on is not None and self._on.guard is self:
+                shut(self._on)
+
+    def finish(self) -> None:
+        with _lock:
+            self._done, self._on = True, None
+
+
+class Reaper:
+    """The thread that expires guards at their deadlines (monotonic)."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._due: list[tuple[float, int, Guard]] = []
+        self._order = itertools.count()
+        self._closed = self._started = False
+
+    @contextlib.contextmanager
+    def guard(self, deadline: float) -> Iterator[Guard]:
+        """A guard for the request this thread sends within the ``with`` block."""
+        guard = Guard()
+        with self._wake:
+            heapq.heappush(self._due, (deadline, next(self._order), guard))
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._run, name="elevate-deadline", daemon=True).start()
+            if self._due[0][2] is guard:  # due before all others: the reaper must know
+                self._wake.notify()
+        current.guard = guard
+        try:
+            yield guard
+        finally:
+            current.guard = None
+            guard.finish()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        with self._wake:
+            while not self._closed:
+                now = time.monotonic()
+                while self._due and self._due[0][0] <= now:
+                    heapq.heappop(self._due)[2].expire()
+                self._wake.wait(self._due[0][0] - now if self._due else None)
+
+
+def shut(connection: Guarded) -> None:
+    if connection.sock is not None:
+        with contextlib.suppress(OSError):
+            # socket.socket's own shutdown: an SSLSocket's would also drop its SSL
+            # object under the worker still reading through it.
+            socket.socket.shutdown(connection.sock, socket.SHUT_RDWR)
+
+
+class WholeHead(http.client.HTTPResponse):
+    """An answer whose headers must end with their empty line, not with the connection.
+
+    http.client also ends the headers at the end of the connection, so an answer cut
+    after its status line would pass for a whole answer with an empty body.
+    """
+
+    def begin(self) -> None:
+        reader = self.fp
+        self.fp = lines = cast(Any, LastLine(reader))
+        try:
+            super().begin()
+        finally:
+            self.fp = reader
+        if lines.last == b"":
+            raise http.client.RemoteDisconnected("connection closed inside the answer's headers")
+
+
+class LastLine:
+    def __init__(self, reader: Any) -> None:
+        self.reader, self.last = reader, None
+
+    def readline(self, limit: int = -1) -> bytes:
+        self.last = self.reader.readline(limit)
+        return cast(bytes, self.last)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader, name)

@@ -1,0 +1,98 @@
+"""The package keeps its shape: imports point one way, each outside library has one home."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.package_graph import edges, imported_names, mermaid, modules
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+
+# Top to bottom. A module imports only modules of lower layers (or of its own package);
+# a new module must be placed here, which makes its place a decision.
+LAYERS: dict[str, int] = {
+    "cli": 7,
+    "app": 6,
+    "web": 5,
+    "collector": 4,
+    "landing": 4,
+    "exposition": 4,
+    "poller": 3,
+    "api": 2,
+    "api.web_v2": 2,
+    "config": 2,
+    "transport": 1,
+    "sources": 1,
+    "idsfile": 1,
+    "stats": 1,
+    "holds": 1,
+    "connections": 1,
+    "options": 1,
+    "simulator": 1,
+    "simulator.httpd": 1,
+    "simulator.scripts": 1,
+    "simulator.server": 1,
+    "model": 0,
+    "secret": 0,
+    "logs": 0,
+    "workers": 0,
+    "deadline": 0,
+}
+MAX_LINES = 360
+
+
+def test_every_module_has_a_place_in_the_layers() -> None:
+    assert sorted(modules()) == sorted(LAYERS)
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_a_module_imports_only_modules_below_it(module: str) -> None:
+    upward = sorted(t for t in edges().get(module, ()) if LAYERS[t] >= LAYERS[module])
+    assert upward == [], f"{module} (layer {LAYERS[module]}) imports {upward}"
+
+
+def test_the_layers_have_no_cycle_through_a_package() -> None:
+    # Within a package (api, simulator) modules may import each other; the layers above
+    # cannot see that, so check that following imports never returns to where it began.
+    graph = edges()
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for target in graph.get(start, ()):
+            if target == goal or (target not in seen and reaches(target, goal, seen | {target})):
+                return True
+        return False
+
+    assert [m for m in graph if reaches(m, m, {m})] == []
+
+
+@pytest.mark.parametrize(
+    ("library", "home"),
+    [("click", {"cli"}), ("requests", {"transport"}), ("urllib3", {"transport"})],
+)
+def test_an_outside_library_is_imported_by_its_one_module_only(
+    library: str, home: set[str]
+) -> None:
+    importers = {
+        name
+        for name, path in modules().items()
+        if any(n == library or n.startswith(library + ".") for n in imported_names(path))
+    }
+    assert importers == home
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_no_module_is_longer_than_the_limit(module: str) -> None:
+    lines = len(modules()[module].read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{module} has {lines} lines"
+
+
+def test_the_architecture_picture_is_drawn_from_the_code_as_it_is() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    block = re.search(r"```mermaid\n(.*?)```", text, re.DOTALL)
+    assert block is not None, "docs/architecture.md has no mermaid block"
+    assert block.group(1) == mermaid(), (
+        "docs/architecture.md is out of date: paste `python -m tests.package_graph` into it"
+    )
