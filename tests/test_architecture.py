@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,23 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
 # a new module must be placed here, which makes its place a decision.
 LAYERS: dict[str, int] = {
     "cli": 7,
+    "cli.common": 7,
+    "cli.exporter": 7,
+    "cli.simulate": 7,
+    "cli.status": 7,
     "app": 6,
     "web": 5,
     "collector": 4,
     "landing": 4,
     "exposition": 4,
     "poller": 3,
+    "status": 3,
+    "status_view": 4,
     "api": 2,
     "api.web_v2": 2,
+    "api.admin": 2,
+    "api.body": 2,
+    "tls": 1,
     "config": 2,
     "transport": 1,
     "sources": 1,
@@ -40,6 +50,8 @@ LAYERS: dict[str, int] = {
     "logs": 0,
     "workers": 0,
     "deadline": 0,
+    "auth": 0,
+    "webconfig": 0,
 }
 MAX_LINES = 360
 
@@ -70,17 +82,25 @@ def test_the_layers_have_no_cycle_through_a_package() -> None:
 
 @pytest.mark.parametrize(
     ("library", "home"),
-    [("click", {"cli"}), ("requests", {"transport"}), ("urllib3", {"transport"})],
+    [
+        ("click", {"cli", "cli.*"}),
+        ("requests", {"transport"}),
+        ("urllib3", {"transport"}),
+        ("bcrypt", {"auth"}),
+        ("yaml", {"webconfig"}),
+    ],
 )
 def test_an_outside_library_is_imported_by_its_one_module_only(
     library: str, home: set[str]
 ) -> None:
+    # "cli.*": the command line is a package, and each of its modules may import click.
     importers = {
         name
         for name, path in modules().items()
         if any(n == library or n.startswith(library + ".") for n in imported_names(path))
     }
-    assert importers == home
+    assert importers
+    assert {name for name in importers if not any(fnmatch(name, home_) for home_ in home)} == set()
 
 
 @pytest.mark.parametrize("module", sorted(LAYERS))

@@ -635,3 +635,13 @@ def ipv6_loopback() -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_non_numeric_id_with_the_admin_api_from_the_environment_exits_2_naming_it() -> None:
+    result = invoke(
+        ["run", "--elevate.base-url", NOWHERE],
+        ELEVATE_API_KEY=SIM_KEY,
+        ELEVATE_API="admin-v4",
+        ELEVATE_IMPORT_IDS="5537431447739019570,feed-7",
+    )
+    assert_setup_error(result, "'feed-7'", "admin-v4")

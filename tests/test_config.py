@@ -353,3 +353,35 @@ def test_the_settings_do_not_show_the_key_when_printed(tmp_path: Path) -> None:
         assert KEY not in repr(chosen.api_key)
         assert KEY not in str(chosen.api_key)
         assert KEY not in f"{chosen.api_key}"
+
+
+# -- the API's flavour ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["web-v2", "admin-v4", "admin-v3", "ADMIN-V4"])
+def test_the_three_flavours_of_the_api_are_taken(flavour: str) -> None:
+    assert settings(api=flavour).api == flavour.lower()
+
+
+def test_the_web_api_v2_is_the_default_flavour() -> None:
+    assert settings().api == "web-v2"
+
+
+@pytest.mark.parametrize("bad", ["admin-v5", "v4", "", "web"])
+def test_an_unknown_flavour_is_refused_naming_the_flag(bad: str) -> None:
+    message = config_error(api=bad)
+    assert "--elevate.api" in message
+    assert repr(bad) in message
+
+
+@pytest.mark.parametrize("flavour", ["admin-v4", "admin-v3"])
+def test_an_admin_flavour_refuses_an_id_that_is_not_decimal_digits(flavour: str) -> None:
+    message = config_error(api=flavour, import_ids=["5537431447739019570", "feed-7"])
+    assert "'feed-7'" in message
+    assert flavour in message
+    assert "digits" in message
+
+
+def test_an_admin_flavour_takes_ids_of_digits_beyond_2_to_the_53() -> None:
+    chosen = settings(api="admin-v4", import_ids=["5537431447739019570123", "0042"])
+    assert chosen.import_ids == ("5537431447739019570123", "0042")

@@ -469,7 +469,7 @@ def test_the_build_context_holds_only_what_the_wheel_needs(image: str) -> None:
         "pyproject.toml",
         "README.md",
         "exporter/elevate_import_exporter/__init__.py",
-        "exporter/elevate_import_exporter/cli.py",
+        "exporter/elevate_import_exporter/cli/__init__.py",
     } <= files
     leaked = sorted(
         f

@@ -22,13 +22,18 @@ from elevate_import_exporter.api import StatusApi, flavour_named
 from elevate_import_exporter.collector import ImportCollector
 from elevate_import_exporter.config import Settings
 from elevate_import_exporter.idsfile import IdsFile
+from elevate_import_exporter.model import id_rule
 from elevate_import_exporter.poller import Poller, Snapshot
 from elevate_import_exporter.sources import FixedIds, IdSource, TrackedIds
 from elevate_import_exporter.stats import RequestStats
+from elevate_import_exporter.tls import TlsProvider
 from elevate_import_exporter.transport import Transport
 from elevate_import_exporter.web import DEFAULT_BUDGET, HttpServer
+from elevate_import_exporter.webconfig import WebConfigWatcher
 
 log = logging.getLogger(__name__)
+
+HEALTH_PATHS = ("/-/healthy", "/-/ready")
 
 
 class Application:
@@ -52,10 +57,10 @@ class Application:
         )
         sources: list[IdSource] = [FixedIds(settings.import_ids)]
         if settings.ids_file is not None:
-            sources.append(IdsFile(settings.ids_file))
+            sources.append(IdsFile(settings.ids_file, *id_rule(settings.api)))
         self.ids = TrackedIds(sources, max_tracked=settings.max_tracked)
         self.poller = Poller(
-            StatusApi(flavour_named("web-v2"), transport),
+            StatusApi(flavour_named(settings.api), transport),
             self.ids,
             concurrency=settings.concurrency,
             min_interval=settings.min_poll_interval,
@@ -68,7 +73,17 @@ class Application:
         GCCollector(registry=self.registry)
         self._first_round_done = threading.Event()
         try:
-            self._server = HttpServer(self, settings.listen_host, settings.listen_port)
+            self.web_config = _web_config(settings)
+            tls = _tls(self.web_config)
+            self._tls_served = tls is not None
+            self._server = HttpServer(
+                self,
+                settings.listen_host,
+                settings.listen_port,
+                web_config=self.web_config.current if self.web_config else None,
+                auth_exempt_paths=HEALTH_PATHS if settings.auth_exempt_health else (),
+                tls=tls,
+            )
         except Exception:
             self.poller.close()
             raise
@@ -128,10 +143,14 @@ class Application:
         host = self.settings.listen_host or "localhost"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._tls_served else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def reload(self) -> None:
-        """Read every id source again (SIGHUP)."""
+        """Read every id source and the web configuration again (SIGHUP)."""
+        if self.web_config is not None:
+            self.web_config.reload()
+            log.info("reloaded the web configuration %s", self.web_config.path)
         self.ids.reload()
         log.info("reloaded the id sources: %d ids tracked", len(self.ids.current()))
 
@@ -149,3 +168,18 @@ class Application:
             self._thread.join()
         self._server.close()
         self.poller.close()
+
+
+def _web_config(settings: Settings) -> WebConfigWatcher | None:
+    """The watched web configuration; :class:`WebConfigError` names file and key if bad."""
+    if settings.web_config_file is None:
+        return None
+    return WebConfigWatcher(settings.web_config_file)
+
+
+def _tls(web_config: WebConfigWatcher | None) -> TlsProvider | None:
+    # Whether TLS is served is decided at start, as in the toolkit; the certificates
+    # themselves are re-read when their files change.
+    if web_config is None or web_config.current().tls is None:
+        return None
+    return TlsProvider(lambda: web_config.current().tls)

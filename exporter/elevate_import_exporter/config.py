@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from elevate_import_exporter.logs import LOG_FORMATS, LOG_LEVELS
-from elevate_import_exporter.model import ID_RULE, is_valid_import_id
+from elevate_import_exporter.model import API_FLAVOURS, id_rule
 
 # The option tables live in options.py; re-exported for callers that know config only.
 from elevate_import_exporter.options import LOG_OPTIONS as LOG_OPTIONS
@@ -40,6 +40,7 @@ class Settings:
     """Validated settings of ``run``; build them with :func:`load_settings`."""
 
     base_url: str
+    api: str
     api_key: Secret = field(repr=False)
     import_ids: tuple[str, ...]
     ids_file: Path | None
@@ -53,6 +54,8 @@ class Settings:
     telemetry_path: str
     log_level: str
     log_format: str
+    web_config_file: Path | None
+    auth_exempt_health: bool
 
 
 def cluster_url(cluster_id: str) -> str:
@@ -67,6 +70,7 @@ def load_settings(
     api_key_file: str | None = None,
     import_ids: Iterable[str] = (),
     ids_file: str | None = None,
+    api: str = default("api"),
     concurrency: str | int = default("concurrency"),
     timeout: str | float = default("timeout"),
     retries: str | int = default("retries"),
@@ -76,16 +80,20 @@ def load_settings(
     telemetry_path: str = default("telemetry_path"),
     log_level: str = default("log_level"),
     log_format: str = default("log_format"),
+    web_config_file: str | None = None,
+    auth_exempt_health: bool = False,
 ) -> Settings:
     """Validate raw option values into :class:`Settings` or raise :class:`ConfigError`.
 
     ``api_key`` is the value of ``ELEVATE_API_KEY``; no flag takes the key itself.
     """
     host, port = parse_listen_address(listen_address, "--web.listen-address")
+    flavour = choice(api, "--elevate.api", API_FLAVOURS)
     return Settings(
         base_url=_base_url(cluster_id, base_url),
+        api=flavour,
         api_key=_api_key(api_key, api_key_file),
-        import_ids=_import_ids(import_ids),
+        import_ids=_import_ids(import_ids, flavour),
         ids_file=Path(ids_file) if ids_file else None,
         concurrency=_whole_number(concurrency, "--elevate.concurrency", 1, MAX_CONCURRENCY),
         timeout=_seconds(timeout, "--elevate.timeout"),
@@ -99,6 +107,8 @@ def load_settings(
         telemetry_path=_telemetry_path(telemetry_path),
         log_level=choice(log_level, "--log.level", LOG_LEVELS),
         log_format=choice(log_format, "--log.format", LOG_FORMATS),
+        web_config_file=Path(web_config_file) if web_config_file else None,
+        auth_exempt_health=bool(auth_exempt_health),
     )
 
 
@@ -167,11 +177,13 @@ def check_key(key: str, where: str) -> str:
     return key
 
 
-def _import_ids(values: Iterable[str]) -> tuple[str, ...]:
+def _import_ids(values: Iterable[str], flavour: str) -> tuple[str, ...]:
+    valid, rule = id_rule(flavour)
     ids: dict[str, None] = {}
     for value in values:
-        if not is_valid_import_id(value):
-            raise ConfigError(f"invalid import id {value[:100]!r}: an id is {ID_RULE}")
+        if not valid(value):
+            with_flavour = "" if flavour == API_FLAVOURS[0] else f" with --elevate.api {flavour}"
+            raise ConfigError(f"invalid import id {value[:100]!r}{with_flavour}: an id is {rule}")
         ids[value] = None
     return tuple(ids)
 

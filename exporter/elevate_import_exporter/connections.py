@@ -4,8 +4,11 @@ The thread that calls ``serve_forever`` accepts connections and reads from all o
 without blocking; only a request whose head (request line and headers) is complete goes to
 one of at most ``max_threads`` handler threads. A client that sends its head slowly, or
 never, so holds a file descriptor for at most ``header_timeout`` seconds and never a
-thread. Knows nothing of HTTP but where a request head ends. (TLS, later, wraps the socket
-where ``_accept`` takes it.)
+thread. Knows nothing of HTTP but where a request head ends.
+
+With ``tls``, each accepted socket is wrapped and its handshake driven by the same loop,
+without blocking; the handshake counts against the header timeout, so one that never
+finishes holds no thread and is cut like a slow request head.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import logging
 import re
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from elevate_import_exporter.workers import Workers
 
@@ -31,6 +36,16 @@ _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 Respond = Callable[[str, bytes, float], tuple[bytes, bool]]
 
 
+class ServerTls(Protocol):
+    """What the loop needs of TLS (``tls.TlsProvider`` is one)."""
+
+    def context(self) -> ssl.SSLContext:
+        """The context to wrap a connection accepted now with."""
+
+    def refusal(self, sock: ssl.SSLSocket) -> str | None:
+        """Why the peer of a finished handshake is turned away, or None to serve it."""
+
+
 @dataclass(eq=False)
 class _Connection:
     sock: socket.socket
@@ -39,6 +54,7 @@ class _Connection:
     since: float  # when it began to wait
     buffer: bytearray = field(default_factory=bytearray)
     idle: bool = False  # kept alive, no byte of the next request yet
+    handshaking: bool = False  # TLS handshake not finished yet
 
 
 class Connections:
@@ -58,6 +74,7 @@ class Connections:
         max_threads: int,
         max_connections: int,
         write_timeout: float,
+        tls: ServerTls | None = None,
     ) -> None:
         self._listener = listener
         self.port = int(listener.getsockname()[1])
@@ -66,6 +83,7 @@ class Connections:
         self._idle_timeout = idle_timeout
         self._max_connections = max_connections
         self._write_timeout = write_timeout
+        self._tls = tls
         self._wake_r, self._wake_w = socket.socketpair()
         for sock in (listener, self._wake_r, self._wake_w):
             sock.setblocking(False)
@@ -122,7 +140,11 @@ class Connections:
 
     def _ready(self, data: _Connection | bool | None, now: float) -> None:
         if isinstance(data, _Connection):
-            if data in self._waiting:  # not closed by an earlier event of this round
+            if data not in self._waiting:  # closed by an earlier event of this round
+                return
+            if data.handshaking:
+                self._handshake(data, now)
+            else:
                 self._read(data, now)
         elif data:
             self._accept(now)
@@ -152,7 +174,44 @@ class Connections:
         sock.setblocking(False)
         with contextlib.suppress(OSError):  # reset already: the first read will tell
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._watch(_Connection(sock, str(address[0]), now + self._header_timeout, now))
+        conn = _Connection(sock, str(address[0]), now + self._header_timeout, now)
+        if self._tls is not None:
+            try:
+                conn.sock = self._tls.context().wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
+            except (OSError, ValueError) as exc:
+                log.warning("http %s: cannot start TLS: %s", conn.peer, exc)
+                sock.close()
+                self._open -= 1
+                return
+            conn.handshaking = True
+        self._watch(conn)
+
+    def _handshake(self, conn: _Connection, now: float) -> None:
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        assert self._tls is not None
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(sock, selectors.EVENT_READ, conn)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(sock, selectors.EVENT_WRITE, conn)
+            return
+        except (OSError, ValueError) as exc:
+            log.debug("http %s TLS handshake failed: %s", conn.peer, exc)
+            self._drop(conn)
+            return
+        refusal = self._tls.refusal(sock)
+        if refusal is not None:
+            log.info("http %s refused: %s", conn.peer, refusal)
+            self._drop(conn)
+            return
+        conn.handshaking = False
+        self._selector.modify(sock, selectors.EVENT_READ, conn)
+        self._read(conn, now)  # the request may have come with the handshake's last flight
 
     def _pause(self, until: float) -> None:
         if self._accepting:
@@ -192,8 +251,12 @@ class Connections:
 
     def _read(self, conn: _Connection, now: float) -> None:
         try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+            data = _receive(conn.sock)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            return
+        except ssl.SSLWantWriteError:  # the TLS layer has something to send first
+            self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
             return
         except OSError as exc:
             log.debug("http %s read failed: %s", conn.peer, exc)
@@ -226,7 +289,13 @@ class Connections:
         if now < self._next_expiry:
             return
         for conn in [c for c in self._waiting if c.deadline <= now]:
-            what = "idle keep-alive connection" if conn.idle else "incomplete request headers"
+            what = (
+                "idle keep-alive connection"
+                if conn.idle
+                else "TLS handshake not finished"
+                if conn.handshaking
+                else "incomplete request headers"
+            )
             log.debug("http %s closed: %s", conn.peer, what)
             self._drop(conn)
         self._next_expiry = min((c.deadline for c in self._waiting), default=float("inf"))
@@ -271,6 +340,16 @@ class Connections:
                 self._wake()
                 return
         conn.sock.close()
+
+
+def _receive(sock: socket.socket) -> bytes:
+    """What has arrived; with TLS also the bytes the TLS layer holds decrypted already,
+    for which the selector would not fire."""
+    data = sock.recv(65536)
+    if isinstance(sock, ssl.SSLSocket):
+        while data and sock.pending():
+            data += sock.recv(sock.pending())
+    return data
 
 
 def _recv(sock: socket.socket) -> bytes:

@@ -12,6 +12,7 @@ import logging
 import os
 import stat as stat_kind
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,15 +57,17 @@ class BadLine:
     text: str
 
 
-def parse_ids(text: str) -> tuple[list[str], list[BadLine]]:
-    """Ids of an ids file in order of first appearance, and the lines that hold no valid id."""
+def parse_ids(
+    text: str, valid: Callable[[str], bool] = is_valid_import_id
+) -> tuple[list[str], list[BadLine]]:
+    """Ids of an ids file in order of first appearance, and the lines that hold no ``valid`` id."""
     ids: dict[str, None] = {}
     bad: list[BadLine] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        if is_valid_import_id(line):
+        if valid(line):
             ids[line] = None
         else:
             bad.append(BadLine(number, raw.strip()))
@@ -111,8 +114,16 @@ class IdsFile:
 
     name = "file"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        valid: Callable[[str], bool] = is_valid_import_id,
+        rule: str = ID_RULE,
+    ) -> None:
+        """``valid`` tells an id of the API flavour in use, ``rule`` words it for warnings."""
         self.path = path
+        self._valid = valid
+        self._rule = rule
         self._lock = threading.Lock()
         self._signature: Signature | None = None
         self._current: tuple[str, ...] = ()
@@ -169,7 +180,7 @@ class IdsFile:
         self._broken = why
 
     def _apply(self, text: str, signature: Signature) -> None:
-        ids, bad = parse_ids(text)
+        ids, bad = parse_ids(text, self._valid)
         self._warn_bad_lines(bad)
         ids_tuple = tuple(ids)
         # The same tuple while nothing changed lets TrackedIds skip re-joining.
@@ -184,7 +195,7 @@ class IdsFile:
                 line.number,
                 self.path,
                 line.text[:100],
-                ID_RULE,
+                self._rule,
             )
         if len(bad) > BAD_LINES_WARNED:
             log.warning(

@@ -6,6 +6,7 @@ Every other module speaks these words; this one imports nothing of the package.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DOCUMENTED_STATUSES = (
@@ -46,8 +47,22 @@ ID_RULE = "1 to 64 characters of A-Z a-z 0-9 _ -"
 _UNSAFE = re.compile(r"[\ud800-\udfff\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+# The flavours of Elevate's import-status API (``--elevate.api``): Elevate 3's Web API v2,
+# Elevate 4's Admin API v4 and its deprecated v3.
+API_FLAVOURS = ("web-v2", "admin-v4", "admin-v3")
+_NUMERIC_ID = re.compile(r"[0-9]{1,64}")
+NUMERIC_ID_RULE = "1 to 64 decimal digits (the Admin API's ids are numbers)"
+
+
 def is_valid_import_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
+
+
+def id_rule(flavour: str) -> tuple[Callable[[str], bool], str]:
+    """How ids of ``flavour`` look: a test and its wording for messages."""
+    if flavour.startswith("admin-"):
+        return (lambda value: _NUMERIC_ID.fullmatch(value) is not None), NUMERIC_ID_RULE
+    return is_valid_import_id, ID_RULE
 
 
 def safe_text(text: str, limit: int | None = None) -> str:

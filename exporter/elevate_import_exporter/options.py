@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from elevate_import_exporter.logs import LOG_FORMATS, LOG_LEVELS
+from elevate_import_exporter.model import API_FLAVOURS
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Option:
     help: str
     default: str | None = None
     multiple: bool = False
+    boolean: bool = False  # a switch: given or not (the variable: true or false)
 
 
 RUN_OPTIONS = (
@@ -57,6 +59,14 @@ RUN_OPTIONS = (
         "ids_file",
         "ELEVATE_IMPORT_IDS_FILE",
         "File of ids, one a line, '#' comments allowed; re-read when it changes or on SIGHUP.",
+    ),
+    Option(
+        "--elevate.api",
+        "api",
+        "ELEVATE_API",
+        f"Flavour of Elevate's API: {', '.join(API_FLAVOURS)} (Elevate 3 Web API v2; "
+        "Elevate 4 Admin API v4, or v3 until its end of life).",
+        API_FLAVOURS[0],
     ),
     Option(
         "--elevate.concurrency",
@@ -107,6 +117,20 @@ RUN_OPTIONS = (
         "ELEVATE_EXPORTER_TELEMETRY_PATH",
         "Path of the metrics.",
         "/metrics",
+    ),
+    Option(
+        "--web.config.file",
+        "web_config_file",
+        "ELEVATE_EXPORTER_WEB_CONFIG_FILE",
+        "exporter-toolkit web-config.yml: TLS, client certificates, basic auth, headers. "
+        "Re-read when it changes and on SIGHUP.",
+    ),
+    Option(
+        "--web.auth-exempt-health",
+        "auth_exempt_health",
+        "ELEVATE_EXPORTER_AUTH_EXEMPT_HEALTH",
+        "Answer /-/healthy and /-/ready without basic auth (for probes that send none).",
+        boolean=True,
     ),
 )
 LOG_OPTIONS = (

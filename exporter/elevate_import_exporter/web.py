@@ -2,6 +2,10 @@
 
 :mod:`~elevate_import_exporter.connections` reads each request's head without a thread;
 here a handler thread answers it, building the whole answer in memory.
+
+With a web config (exporter-toolkit web-config.yml) every request must carry the basic-auth
+credentials of one of its users, except on the paths given as ``auth_exempt_paths`` (the
+application's choice, by default none), and every answer carries its extra headers.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import resource
 import socket
 import threading
 import time
+from collections.abc import Callable, Collection
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
@@ -20,10 +25,12 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.connections import Connections
+from elevate_import_exporter.auth import CHALLENGE, BasicAuth
+from elevate_import_exporter.connections import Connections, ServerTls
 from elevate_import_exporter.exposition import Exposition, Renderer
 from elevate_import_exporter.landing import landing_page
 from elevate_import_exporter.poller import Snapshot
+from elevate_import_exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ BUDGET_MARGIN = 0.5
 RENDER_FACTOR = 1.5
 
 _TEXT = "text/plain; charset=utf-8"
+_NO_WEB_CONFIG = WebConfig()
 
 
 class ListenError(Exception):
@@ -96,6 +104,8 @@ class HttpServer:
     """The endpoints of a :class:`Site` on ``host:port``; an empty host means every address.
 
     The timeouts and bounds default to the module's constants; tests pass small ones.
+    ``web_config`` is a web config, or a function giving the current one (such as
+    ``WebConfigWatcher.current``), asked once a request.
     """
 
     def __init__(
@@ -109,8 +119,16 @@ class HttpServer:
         max_threads: int = MAX_THREADS,
         max_connections: int | None = None,
         write_timeout: float = WRITE_TIMEOUT,
+        web_config: WebConfig | Callable[[], WebConfig] | None = None,
+        auth_exempt_paths: Collection[str] = (),
+        tls: ServerTls | None = None,
     ) -> None:
         self.site = site
+        self.auth_exempt_paths = frozenset(auth_exempt_paths)
+        self._web_lock = threading.Lock()
+        self._web: tuple[WebConfig, BasicAuth | None] = (_NO_WEB_CONFIG, None)
+        self._web_source: Callable[[], WebConfig] = lambda: _NO_WEB_CONFIG
+        self.reload_web_config(web_config)
         self.renderer = Renderer(site.registry)
         # A scrape may wait a whole poll round; half the threads stay free for the rest.
         self.scrape_slots = threading.BoundedSemaphore(max(1, max_threads // 2))
@@ -122,7 +140,26 @@ class HttpServer:
             max_threads=max_threads,
             max_connections=max_connections or _connection_limit(),
             write_timeout=write_timeout,
+            tls=tls,
         )
+
+    def reload_web_config(self, config: WebConfig | Callable[[], WebConfig] | None) -> None:
+        """Serve with ``config`` from the next request on (SIGHUP)."""
+        fixed = config or _NO_WEB_CONFIG
+        source = fixed if callable(fixed) else lambda: fixed
+        with self._web_lock:
+            self._web_source = source
+        self.web()
+
+    def web(self) -> tuple[WebConfig, BasicAuth | None]:
+        """The web config for a request, and the basic auth it asks for (None: none)."""
+        with self._web_lock:
+            config = self._web_source()
+            if config is not self._web[0]:
+                users = config.basic_auth_users
+                # A new BasicAuth also forgets the checks remembered under the old users.
+                self._web = (config, BasicAuth(users) if users else None)
+            return self._web
 
     @property
     def port(self) -> int:
@@ -156,10 +193,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile = io.BytesIO(head)
         self._out = self.wfile = io.BytesIO()
         self.close_connection = True
+        self.web_config, self.auth = http.web()
 
     def answer(self) -> bytes:
         self.handle_one_request()
         return self._out.getvalue()
+
+    def parse_request(self) -> bool:
+        # Here rather than in do_GET, so that every method of every path is covered.
+        if not super().parse_request():
+            return False
+        if self.auth is None or urlsplit(self.path).path in self.http.auth_exempt_paths:
+            return True
+        if self.auth.check(self.headers.get("Authorization")):
+            return True
+        self._send(HTTPStatus.UNAUTHORIZED, b"Unauthorized.\n", _TEXT, challenge=True)
+        return False
+
+    def end_headers(self) -> None:
+        # Every answer, errors from BaseHTTPRequestHandler included, gets the extra headers.
+        for name, value in self.web_config.http.headers.items():
+            self.send_header(name, value)
+        super().end_headers()
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -215,8 +270,12 @@ class _Handler(BaseHTTPRequestHandler):
         body: bytes,
         content_type: str,
         content_encoding: str | None = None,
+        *,
+        challenge: bool = False,
     ) -> None:
         self.send_response(status)
+        if challenge:
+            self.send_header("WWW-Authenticate", CHALLENGE)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         if content_encoding:

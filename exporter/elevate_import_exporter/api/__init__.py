@@ -65,8 +65,12 @@ class StatusApi:
 
 
 def flavour_named(name: str) -> Flavour:
-    """The flavour for a ``--elevate.api`` value (validated by the configuration)."""
+    """The flavour for a ``--elevate.api`` value (one of ``model.API_FLAVOURS``)."""
+    from elevate_import_exporter.api.admin import AdminV3, AdminV4
     from elevate_import_exporter.api.web_v2 import WebV2
 
-    flavours: dict[str, Flavour] = {WebV2.name: WebV2()}
-    return flavours[name]
+    flavours: dict[str, Flavour] = {f.name: f for f in (WebV2(), AdminV4(), AdminV3())}
+    try:
+        return flavours[name]
+    except KeyError:
+        raise ValueError(f"unknown API flavour {name!r}: one of {', '.join(flavours)}") from None

@@ -1,4 +1,4 @@
-"""A simulated Voyado Elevate Web API v2 import-status endpoint.
+"""A simulated Voyado Elevate import-status endpoint: Web API v2, or Admin API v4 or v3.
 
 It serves scripted imports whose status moves on with elapsed time or with the
 number of queries answered, and it can misbehave on demand (5xx answers, hangs,
@@ -13,7 +13,7 @@ the ``simulate`` and ``demo`` commands wrap it.
 from __future__ import annotations
 
 from elevate_import_exporter.model import FINAL_STATUSES
-from elevate_import_exporter.simulator.httpd import STATUS_PATH
+from elevate_import_exporter.simulator.httpd import ADMIN_STATUS_PATHS, SIMULATED_APIS, STATUS_PATH
 from elevate_import_exporter.simulator.scripts import (
     DEMO_UNKNOWN_ID,
     SCENARIO_FORMAT,
@@ -27,9 +27,11 @@ from elevate_import_exporter.simulator.scripts import (
 from elevate_import_exporter.simulator.server import Simulator
 
 __all__ = [
+    "ADMIN_STATUS_PATHS",
     "DEMO_UNKNOWN_ID",
     "FINAL_STATUSES",
     "SCENARIO_FORMAT",
+    "SIMULATED_APIS",
     "STATUS_PATH",
     "ScenarioError",
     "ScriptedImport",

@@ -5,6 +5,7 @@ connections, and a lean request handler that routes each request to the ``Simula
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import socket
 import socketserver
@@ -14,7 +15,7 @@ from email.utils import formatdate
 from http.client import HTTPMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 if TYPE_CHECKING:
     from elevate_import_exporter.simulator.server import Simulator
@@ -23,13 +24,21 @@ if TYPE_CHECKING:
 # simulator was split into modules.
 log = logging.getLogger("elevate_import_exporter.simulator")
 
+# The path of one import's status (Web API v2: the id follows it; Admin API: ``?id=``).
 STATUS_PATH = "/api/v2/import/status/"
+ADMIN_STATUS_PATHS = {
+    "admin-v4": "/api/admin/v4/import/status",
+    "admin-v3": "/api/admin/v3/import/status",
+}
+# The API flavours the simulator speaks, by their ``--elevate.api`` names.
+SIMULATED_APIS = ("web-v2", *ADMIN_STATUS_PATHS)
 
 # (HTTP status, content type, body) of an answer.
 Answer = tuple[int, bytes, bytes]
 
 _REASONS = {
     200: b"OK",
+    400: b"Bad Request",
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
@@ -180,17 +189,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         sim = self.server.sim
-        path = self.path.partition("?")[0]
-        if path.startswith(STATUS_PATH):
-            raw_id = path[len(STATUS_PATH) :]
-            if raw_id and "/" not in raw_id:
-                answer = sim._answer_status(unquote(raw_id), self.fields.get("api-key"))
-                if answer is None:
-                    self.close_connection = True
-                else:
-                    self._send(answer)
-                return
-        self._send(sim._answer_get(path))
+        path, _, query = self.path.partition("?")
+        import_id = status_query(sim.api, path, query)
+        if import_id is None:
+            self._send(sim._answer_get(path))
+            return
+        answer = sim._answer_status(import_id, self.fields.get("api-key"))
+        if answer is None:
+            self.close_connection = True
+        else:
+            self._send(answer)
 
     def do_POST(self) -> None:
         self._drain_body()
@@ -220,6 +228,12 @@ class _Handler(BaseHTTPRequestHandler):
         extra = b""
         if code == 405:
             extra += b"Allow: GET\r\n"
+        if self.server.sim.api in ADMIN_STATUS_PATHS:
+            # The Admin API compresses on request; Web API v2 answers as it always has.
+            extra += b"Vary: Accept-Encoding\r\n"
+            if accepts_gzip(self.fields.get("accept-encoding", "")):
+                body = gzip.compress(body, mtime=0)
+                extra += b"Content-Encoding: gzip\r\n"
         if self.close_connection:
             extra += b"Connection: close\r\n"
         elif self.request_version == "HTTP/1.0":
@@ -243,3 +257,34 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
+
+
+def status_query(api: str, path: str, query: str) -> str | None:
+    """The id a status query of ``api`` asks for (``""``: none usable), None for another path."""
+    if api in ADMIN_STATUS_PATHS:
+        if path != ADMIN_STATUS_PATHS[api]:
+            return None
+        ids = [value for name, value in parse_qsl(query, keep_blank_values=True) if name == "id"]
+        return ids[0] if len(ids) == 1 else ""
+    if path.startswith(STATUS_PATH):
+        raw_id = path[len(STATUS_PATH) :]
+        if raw_id and "/" not in raw_id:
+            return unquote(raw_id)
+    return None
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip (``gzip;q=0`` does not)."""
+    weights: dict[str, float] = {}
+    for item in accept_encoding.lower().split(","):
+        coding, _, params = item.partition(";")
+        weight = 1.0
+        name, _, value = params.strip().partition("=")
+        if name.strip() == "q":
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = 0.0
+        weights[coding.strip()] = weight
+    named = weights.get("gzip", weights.get("x-gzip"))
+    return (named if named is not None else weights.get("*", 0.0)) > 0

@@ -35,6 +35,11 @@ A scenario file is UTF-8 JSON: a list of imports, each an object with these keys
 
 Any other key, in an import or in a step, is an error, and so is a wrong value: each
 raises a ``ScenarioError`` naming the file, the import and the step.
+
+The same file serves every API flavour. For the Admin API (``admin-v4``, ``admin-v3``)
+each id must be 1 to 64 decimal digits, as the Admin API's ids are numbers; the answers
+carry it as a JSON number (exact beyond 2^53), say ``reason`` where v2 says ``message``
+(``null`` for a step without one), and have no ``type``, whatever the file says.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elevate_import_exporter.model import id_rule
+
 # Shown by ``simulate --help``: the format above, short enough for a terminal.
 SCENARIO_FORMAT = """\
 A scenario file is a JSON list of imports, for example:
@@ -52,16 +59,16 @@ A scenario file is a JSON list of imports, for example:
                             {"status": "IN_PROGRESS", "queries": 3},
                             {"status": "FAILURE", "message": "No title"}]},
    {"id": "1002", "type": null, "steps": [{"status": "IN_PROGRESS"}]}]
-id       required: a non-empty string, unique in the file
-type     the answers' type: "PRODUCTS" if left out, null for none
+id       required: a non-empty string, unique in the file; admin-*: digits
+type     the answers' type ("PRODUCTS" if left out, null: none); admin-*: none
 steps    required: a non-empty list of objects with these keys
   status   required: the status answered, a non-empty string
   seconds  hold the step this long (a number > 0), then go on
   queries  hold the step for this many answers (an integer > 0)
-  message  the answers' message, a string; none if left out
+  message  the answers' message, a string; none if left out (admin-*: reason)
 seconds and queries are exclusive; a step with neither, and the last step,
 hold forever. Steps run from the start of serving. Unknown keys are errors;
-ids not in the file are answered NOT_FOUND."""
+other ids are NOT_FOUND. admin-*: with --api admin-v4/v3; ids go as numbers."""
 
 # A 19-digit id that no demo import uses, so the simulator answers NOT_FOUND for it.
 DEMO_UNKNOWN_ID = "9004417265813270626"
@@ -69,6 +76,17 @@ DEMO_UNKNOWN_ID = "9004417265813270626"
 
 class ScenarioError(ValueError):
     """A scenario file or a scripted step is malformed; the message names the problem."""
+
+
+def fits_api(import_id: str, api: str) -> bool:
+    """Whether ``api`` can have an import of this id: the Admin API's ids are numbers."""
+    return not api.startswith("admin-") or id_rule(api)[0](import_id)
+
+
+def check_id(import_id: str, api: str) -> None:
+    """Raise :class:`ScenarioError` for an id that ``api`` cannot have."""
+    if not fits_api(import_id, api):
+        raise ScenarioError(f"with the {api} API an id is {id_rule(api)[1]}, not {import_id!r}")
 
 
 @dataclass(frozen=True)
@@ -211,8 +229,11 @@ _IMPORT_KEYS = frozenset({"id", "type", "steps"})
 _STEP_KEYS = frozenset({"status", "seconds", "queries", "message"})
 
 
-def load_scenario(path: Path) -> list[ScriptedImport]:
-    """Read a JSON scenario file: a list of ``{"id", "type", "steps": [...]}`` objects."""
+def load_scenario(path: Path, api: str = "web-v2") -> list[ScriptedImport]:
+    """Read a JSON scenario file: a list of ``{"id", "type", "steps": [...]}`` objects.
+
+    ``api`` is the flavour the imports will be served in; it decides which ids are valid.
+    """
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -229,6 +250,10 @@ def load_scenario(path: Path) -> list[ScriptedImport]:
     seen: set[str] = set()
     for number, entry in enumerate(doc, start=1):
         imp = _parse_import(f"{path}: import #{number}", entry)
+        try:
+            check_id(imp.id, api)
+        except ScenarioError as exc:
+            raise ScenarioError(f"{path}: import #{number}: {exc}") from None
         if imp.id in seen:
             raise ScenarioError(f"{path}: import #{number}: duplicate id {imp.id}")
         seen.add(imp.id)

@@ -15,8 +15,21 @@ import time
 from collections.abc import Iterable
 from types import TracebackType
 
-from elevate_import_exporter.simulator.httpd import Answer, Server
-from elevate_import_exporter.simulator.scripts import ScenarioError, ScriptedImport, _Progress
+from elevate_import_exporter.simulator.httpd import (
+    ADMIN_STATUS_PATHS,
+    SIMULATED_APIS,
+    STATUS_PATH,
+    Answer,
+    Server,
+)
+from elevate_import_exporter.simulator.scripts import (
+    ScenarioError,
+    ScriptedImport,
+    Step,
+    _Progress,
+    check_id,
+    fits_api,
+)
 
 # The package's logger, not this module's: log records keep the name they had before the
 # simulator was split into modules.
@@ -36,6 +49,11 @@ _CLUSTER_MISSING: Answer = (
     b'{"error": "Not Found", "message": "Cluster not found."}',
 )
 _NO_SUCH_PATH: Answer = (404, _JSON, b'{"error": "Not Found", "message": "No such path."}')
+_BAD_ID: Answer = (
+    400,
+    _JSON,
+    b'{"error": "Bad Request", "message": "The id parameter must be one number."}',
+)
 _NOT_ALLOWED: Answer = (
     405,
     _JSON,
@@ -59,6 +77,11 @@ _HEALTHY: Answer = (200, _TEXT, b"OK\n")
 class Simulator:
     """The simulated API: scripted imports served over HTTP/1.1 with keep-alive.
 
+    ``api`` is the flavour it speaks, one of :data:`SIMULATED_APIS`: ``web-v2`` (Elevate 3
+    Web API v2), ``admin-v4`` or ``admin-v3`` (Elevate 4 Admin API: numeric ids sent as
+    JSON numbers, ``reason`` for ``message``, no ``type``, gzip on request). The paths of
+    the other flavours answer 404.
+
     ``api_key``, ``latency``, ``error_rate``, ``hang_seconds``, ``fail_ids``,
     ``hang_ids``, ``garbage_ids`` and ``cluster_missing`` may be changed from
     another thread while it serves; each request reads their current values.
@@ -68,6 +91,7 @@ class Simulator:
         self,
         imports: Iterable[ScriptedImport] = (),
         *,
+        api: str = "web-v2",
         api_key: str = "sim-key",
         latency: float = 0.0,
         error_rate: float = 0.0,
@@ -77,6 +101,9 @@ class Simulator:
         hang_seconds: float = 30.0,
         seed: int | None = None,
     ) -> None:
+        if api not in SIMULATED_APIS:
+            raise ValueError(f"unknown API flavour {api!r}: one of {', '.join(SIMULATED_APIS)}")
+        self._api = api
         self.api_key = api_key
         self.latency = latency
         self.error_rate = error_rate
@@ -90,6 +117,7 @@ class Simulator:
         self._epoch = time.monotonic()
         self._imports: dict[str, _Progress] = {}
         for imp in imports:
+            check_id(imp.id, api)
             if imp.id in self._imports:
                 raise ScenarioError(f"duplicate import id {imp.id}")
             self._imports[imp.id] = _Progress(imp, None)
@@ -166,6 +194,18 @@ class Simulator:
             host = f"[{host}]"
         return f"http://{host}:{port}"
 
+    @property
+    def api(self) -> str:
+        """The API flavour served, fixed for the simulator's life."""
+        return self._api
+
+    @property
+    def status_path(self) -> str:
+        """The path of one import's status, ``{id}`` standing for the id."""
+        if self._api in ADMIN_STATUS_PATHS:
+            return f"{ADMIN_STATUS_PATHS[self._api]}?id={{id}}"
+        return f"{STATUS_PATH}{{id}}"
+
     def __len__(self) -> int:
         return len(self._imports)
 
@@ -173,6 +213,7 @@ class Simulator:
 
     def add_import(self, imp: ScriptedImport) -> None:
         """Serve ``imp`` (replacing any import of that id); its first step begins now."""
+        check_id(imp.id, self._api)
         with self._lock:
             self._imports[imp.id] = _Progress(imp, time.monotonic())
 
@@ -215,20 +256,42 @@ class Simulator:
             return _GARBAGE
         elif self.error_rate > 0 and self._random.random() < self.error_rate:
             return _BUSY
+        if self._api in ADMIN_STATUS_PATHS:
+            return self._admin_answer(import_id)
         return 200, _JSON, self._status_body(import_id)
 
     def _status_body(self, import_id: str) -> bytes:
-        with self._lock:
-            progress = self._imports.get(import_id)
-            step = None if progress is None else progress.answer(time.monotonic(), self._epoch)
-        if progress is None or step is None:
+        found = self._step(import_id)
+        if found is None:
             return json.dumps({"id": import_id, "status": "NOT_FOUND"}).encode()
+        imp, step = found
         doc = {"id": import_id, "status": step.status}
-        if progress.imp.type is not None:
-            doc["type"] = progress.imp.type
+        if imp.type is not None:
+            doc["type"] = imp.type
         if step.message is not None:
             doc["message"] = step.message
         return json.dumps(doc).encode()
+
+    def _admin_answer(self, import_id: str) -> Answer:
+        if not fits_api(import_id, self._api):
+            return _BAD_ID
+        found = self._step(import_id)
+        step = None if found is None else found[1]
+        # int() keeps every digit, and json writes it back as it is: beyond 2^53 too.
+        doc = {
+            "id": int(import_id),
+            "reason": None if step is None else step.message,
+            "status": "NOT_FOUND" if step is None else step.status,
+        }
+        return 200, _JSON, json.dumps(doc).encode()
+
+    def _step(self, import_id: str) -> tuple[ScriptedImport, Step] | None:
+        """The import of this id and the step it answers with now, or None if unknown."""
+        with self._lock:
+            progress = self._imports.get(import_id)
+            if progress is None:
+                return None
+            return progress.imp, progress.answer(time.monotonic(), self._epoch)
 
     def _answer_get(self, path: str) -> Answer:
         if self.cluster_missing:

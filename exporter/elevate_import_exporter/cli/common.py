@@ -1,0 +1,166 @@
+"""What the commands share: flags from the option table, errors as exit status 2, signals."""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import click
+from click.core import ParameterSource
+
+from elevate_import_exporter import logs
+from elevate_import_exporter.config import (
+    ConfigError,
+    Settings,
+    choice,
+    load_settings,
+    parse_listen_address,
+)
+from elevate_import_exporter.options import LOG_OPTIONS, RUN_OPTIONS, Option
+from elevate_import_exporter.simulator import ScriptedImport, Simulator
+
+log = logging.getLogger("elevate_import_exporter")
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class SetupError(click.ClickException):
+    """A configuration or start-up problem: a one-line message and exit status 2."""
+
+    exit_code = 2
+
+
+def run_option(dest: str) -> Option:
+    """The ``run`` option whose load_settings keyword is ``dest``."""
+    return next(option for option in RUN_OPTIONS if option.dest == dest)
+
+
+def _split_ids(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    # ELEVATE_IMPORT_IDS may separate ids with commas as well as spaces; a flag takes
+    # one id as it is, so that a bad one is refused rather than split or dropped.
+    if param.name and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+        return [part for value in values for part in re.split(r"[\s,]+", value) if part]
+    return list(values)
+
+
+def flag(option: Option, **overrides: Any) -> Decorator:
+    settings: dict[str, Any] = {
+        "envvar": option.env,
+        "default": option.default,
+        "help": option.help,
+        "multiple": option.multiple,
+        "show_envvar": True,
+        "show_default": True,
+    }
+    if option.multiple:
+        settings["callback"] = _split_ids
+    if option.boolean:
+        # click reads the variable as a boolean: true/false, 1/0, yes/no, on/off.
+        settings.update(is_flag=True, default=False)
+    settings.update(overrides)
+    return click.option(option.flag, option.dest, **settings)
+
+
+def flags(*options: Option) -> Decorator:
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = flag(option)(command)
+        return command
+
+    return apply
+
+
+def settings_from(**options: Any) -> Settings:
+    try:
+        return load_settings(**options)
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def log_settings(level: str, fmt: str) -> tuple[str, str]:
+    by_dest = {o.dest: o for o in LOG_OPTIONS}
+    try:
+        return (
+            choice(level, by_dest["log_level"].flag, logs.LOG_LEVELS),
+            choice(fmt, by_dest["log_format"].flag, logs.LOG_FORMATS),
+        )
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def warn_if_key_goes_in_clear(base_url: str) -> None:
+    host = urlsplit(base_url).hostname or ""
+    if base_url.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
+        log.warning("the API key goes to %s unencrypted: use an https:// base URL", host)
+
+
+@contextmanager
+def running_simulator(
+    imports: list[ScriptedImport], key: str, address: str, **options: Any
+) -> Iterator[Simulator]:
+    try:
+        host, port = parse_listen_address(address, "--simulator.listen-address")
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
+    simulator = Simulator(imports, api_key=key, **options)
+    try:
+        simulator.start(host or "0.0.0.0", port)
+    except OSError as exc:
+        raise SetupError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _on_stop(signum: int, _frame: FrameType | None) -> NoReturn:
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def serve_until_stopped(
+    serve: Callable[[], object],
+    cleanup: Callable[[], None],
+    reload: Callable[[], None] | None = None,
+) -> None:
+    """Serve in the main thread until SIGTERM or SIGINT, then clean up and return (exit 0).
+
+    SIGHUP calls ``reload`` (or is logged and ignored without one): its default
+    action would end the process without a word.
+    """
+
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        log.info("SIGHUP received: reloading")
+        if reload is None:
+            return
+        # Off the signal handler: a reload may take locks the interrupted thread holds.
+        threading.Thread(target=_reload_logged, args=(reload,), name="reload").start()
+
+    signal.signal(signal.SIGTERM, _on_stop)
+    signal.signal(signal.SIGINT, _on_stop)
+    signal.signal(signal.SIGHUP, on_hangup)
+    try:
+        serve()
+    except _Stopped as stop:
+        log.info("stopping on %s", stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        cleanup()
+
+
+def _reload_logged(reload: Callable[[], None]) -> None:
+    try:
+        reload()
+    except Exception:
+        log.exception("reload failed")

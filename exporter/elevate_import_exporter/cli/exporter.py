@@ -1,0 +1,108 @@
+"""``run`` and ``demo``: the exporter itself, and the exporter watching a simulated API."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+import click
+
+from elevate_import_exporter import __version__, logs
+from elevate_import_exporter.app import Application
+from elevate_import_exporter.cli.common import (
+    SetupError,
+    flag,
+    flags,
+    log,
+    log_settings,
+    run_option,
+    running_simulator,
+    serve_until_stopped,
+    settings_from,
+    warn_if_key_goes_in_clear,
+)
+from elevate_import_exporter.config import Settings
+from elevate_import_exporter.idsfile import IdsFileError
+from elevate_import_exporter.options import LOG_OPTIONS, RUN_OPTIONS
+from elevate_import_exporter.simulator import DEMO_UNKNOWN_ID, STATUS_PATH, demo_imports
+from elevate_import_exporter.web import ListenError
+from elevate_import_exporter.webconfig import WebConfigError
+
+SIMULATOR_LISTEN_ADDRESS = "127.0.0.1:10026"
+# The demo behaves as if Prometheus scraped it this often, so its page moves by itself.
+DEMO_SCRAPE_INTERVAL = 2.0
+
+
+@click.command()
+@flags(*RUN_OPTIONS, *LOG_OPTIONS)
+def run(**options: Any) -> None:
+    """Run the exporter. SIGHUP re-reads the ids file; SIGTERM and SIGINT stop it."""
+    settings = settings_from(api_key=os.environ.get("ELEVATE_API_KEY"), **options)
+    logs.configure(settings.log_level, settings.log_format, [settings.api_key.reveal()])
+    app = _start(settings)
+    warn_if_key_goes_in_clear(settings.base_url)
+    log.info(
+        "serving metrics at %s%s for %d import ids (Elevate at %s)",
+        app.url,
+        settings.telemetry_path,
+        len(app.ids.current()),
+        settings.base_url,
+    )
+    serve_until_stopped(app.serve_forever, app.stop, reload=app.reload)
+
+
+@click.command()
+@flag(run_option("listen_address"), help="[host]:port the exporter serves on.")
+@click.option(
+    "--simulator.listen-address",
+    "simulator_address",
+    envvar="ELEVATE_SIMULATOR_LISTEN_ADDRESS",
+    default=SIMULATOR_LISTEN_ADDRESS,
+    show_envvar=True,
+    show_default=True,
+    help="[host]:port of the simulated Elevate API.",
+)
+@flags(*LOG_OPTIONS)
+def demo(listen_address: str, simulator_address: str, log_level: str, log_format: str) -> None:
+    """Try it: a simulated Elevate API with scripted imports, and the exporter watching it."""
+    level, fmt = log_settings(log_level, log_format)
+    key = secrets.token_urlsafe(24)
+    logs.configure(level, fmt, [key])
+    imports = demo_imports()
+    ids = [imp.id for imp in imports] + [DEMO_UNKNOWN_ID]
+    with running_simulator(imports, key, simulator_address) as simulator:
+        settings = settings_from(
+            base_url=simulator.url,
+            api_key=key,
+            import_ids=ids,
+            listen_address=listen_address,
+            min_poll_interval=f"{DEMO_SCRAPE_INTERVAL:g}s",
+            log_level=level,
+            log_format=fmt,
+        )
+        app = _start(settings)
+        stop_scraping = app.scrape_every(DEMO_SCRAPE_INTERVAL)
+        click.echo(
+            f"Elevate import exporter {__version__}: demo\n"
+            f"  exporter:           {app.url}/   (metrics: {app.url}{settings.telemetry_path})\n"
+            f"  simulated Elevate:  {simulator.url}{STATUS_PATH}{{id}}\n"
+            f"Tracking {len(ids)} imports: two succeed, one fails, one stays in progress, "
+            f"one is aborted, one is unknown to the cluster.\n"
+            f"They move over the next 30 seconds; the page follows them by itself "
+            f"(the demo polls every {DEMO_SCRAPE_INTERVAL:g} s, as Prometheus would scrape). "
+            f"Ctrl-C stops."
+        )
+
+        def cleanup() -> None:
+            stop_scraping()
+            app.stop()
+
+        serve_until_stopped(app.serve_forever, cleanup)
+
+
+def _start(settings: Settings) -> Application:
+    try:
+        return Application(settings)
+    except (IdsFileError, ListenError, WebConfigError) as exc:
+        raise SetupError(str(exc)) from None
