@@ -2,9 +2,11 @@
 
 Starts ``python -m elevate_import_exporter simulate`` and ``... run`` as child
 processes on loopback ports, scrapes the exporter as Prometheus would, prints a
-table with PASS/FAIL per target of issue 5, and writes bench/results/latest.json
+table with PASS/FAIL per target of issues 5 and 10, and writes bench/results/latest.json
 and latest.md. ``make bench`` runs it (about 7 minutes on 2 cores); ``--quick``
-runs a smaller sweep (about 2 minutes); ``--only PART`` runs some parts only.
+runs a smaller sweep (about 2 minutes); ``--only PART`` runs some parts only
+(``--only web``, about 25 s: the HTTP side under load, web_load.py, and TLS against
+plain HTTP, tls_compare.py).
 The exit status is 1 if a target that was measured is missed.
 """
 
@@ -35,6 +37,9 @@ from procs import (
     is_up,
     status_kib,
 )
+from tls_compare import tls_versus_plain
+from web_load import WEB_QUICK, WebPlan, web_load
+from web_report import tls_section, web_section, web_targets
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -57,7 +62,7 @@ CPU_RATIO_LIMIT = 1.5
 RENDER_RATIO_LIMIT = 1.25
 RSS_LIMIT_MB = 150.0
 
-PARTS = ("scrape", "cpu", "finished", "concurrent")
+PARTS = ("scrape", "cpu", "finished", "concurrent", "web")
 
 
 @dataclass
@@ -503,6 +508,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ok": conc["requests"] == conc["imports"] and conc["answered"] == conc["scrapes"],
             }
         )
+    if "web" in results:
+        rows += web_targets(results["web"])
     if "finished" in results:
         fin = results["finished"]
         rows.append(
@@ -538,7 +545,7 @@ def report(results: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['os']}, Python {m['python']}; run {m['date']}"
         f"{' (--quick)' if results['quick'] else ''}.",
         "",
-        "Targets (issue 5):",
+        "Targets (issues 5 and 10):",
         "",
         _table(
             ["verdict", "target", "measured", "limit"],
@@ -567,6 +574,10 @@ def report(results: dict[str, Any]) -> str:
             f"{', all up' if conc['all_up'] else ', NOT all up'}"
             f"{'; errors: ' + '; '.join(conc['errors']) if conc['errors'] else ''}.",
         ]
+    if "web" in results:
+        parts += ["", *web_section(results["web"], _table)]
+    if "tls" in results:
+        parts += ["", *tls_section(results["tls"], _table)]
     return "\n".join(parts) + "\n"
 
 
@@ -682,6 +693,14 @@ def _finished_section(fin: dict[str, Any]) -> list[str]:
     ]
 
 
+def _web_line(web: dict[str, Any]) -> str:
+    return (
+        f"web load: threads max {web['max_threads']} (bound {web['thread_bound']}), "
+        f"open files max {web['max_fds']}, scrapes {web['scrapes_200']} x 200 + "
+        f"{web['scrapes_503']} x 503, health p99 {web['health_load']['p99_ms'] or 0:.1f} ms"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -709,6 +728,15 @@ def main() -> int:
         results["finished"] = finished_imports(plan)
     if "concurrent" in parts:
         results["concurrent"] = concurrent_scrapes(plan)
+    if "web" in parts:
+        web_plan = WEB_QUICK if args.quick else WebPlan()
+        results["web"] = web_load(web_plan, RESULTS, LOGS)
+        log(_web_line(results["web"]))
+        results["tls"] = tls_versus_plain(web_plan, RESULTS, LOGS)
+        log(
+            f"TLS vs plain HTTP: scrape {results['tls']['time_ratio']:.2f} x, "
+            f"CPU {results['tls']['cpu_ratio'] or 0:.2f} x"
+        )
     results["targets"] = targets(results)
     results["duration_s"] = time.monotonic() - started
     text = report(results)

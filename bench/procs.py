@@ -10,9 +10,11 @@ import contextlib
 import http.client
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -61,11 +63,20 @@ class Answer:
 
 
 def http_get(
-    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 60.0
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Answer:
-    """One GET on a fresh connection; the time covers connect, request and the whole body."""
+    """One GET on a fresh connection; the time covers connect, TLS handshake (with ``tls``),
+    request and the whole body."""
     started = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = (
+        http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        if tls is None
+        else http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+    )
     try:
         # http.client sends Accept-Encoding: identity, so the exporter never gzips.
         conn.request("GET", path, headers=headers or {})
@@ -88,13 +99,31 @@ def http_post(port: int, path: str, timeout: float = 10.0) -> Answer:
     return Answer(response.status, body, time.perf_counter() - started)
 
 
-def _wait_for(port: int, path: str, what: str, proc: subprocess.Popen[bytes]) -> None:
+@dataclass(frozen=True)
+class Client:
+    """How to reach a child: plain HTTP, or TLS with this context; extra headers (auth)."""
+
+    tls: ssl.SSLContext | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def get(
+        self, port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 60.0
+    ) -> Answer:
+        return http_get(port, path, {**dict(self.headers), **(headers or {})}, timeout, self.tls)
+
+
+PLAIN = Client()
+
+
+def _wait_for(
+    port: int, path: str, what: str, proc: subprocess.Popen[bytes], client: Client = PLAIN
+) -> None:
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with status {proc.returncode} before it served")
         with contextlib.suppress(OSError):
-            if http_get(port, path, timeout=2.0).status == 200:
+            if client.get(port, path, timeout=2.0).status == 200:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not answer {path} within 30 s")
@@ -103,9 +132,18 @@ def _wait_for(port: int, path: str, what: str, proc: subprocess.Popen[bytes]) ->
 class Child:
     """A child process serving HTTP on a loopback port; stopped on exit, killed if it must."""
 
-    def __init__(self, name: str, args: list[str], port: int, ready_path: str, logs: Path):
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        port: int,
+        ready_path: str,
+        logs: Path,
+        client: Client = PLAIN,
+    ):
         self.name = name
         self.port = port
+        self.client = client
         logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["ELEVATE_API_KEY"] = API_KEY
@@ -119,7 +157,7 @@ class Child:
             cwd=REPO,
         )
         try:
-            _wait_for(port, ready_path, name, self.proc)
+            _wait_for(port, ready_path, name, self.proc, client)
         except BaseException:
             self.stop()
             raise
@@ -193,15 +231,29 @@ class SimulatorProcess(Child):
 
 
 class ExporterProcess(Child):
-    """``python -m elevate_import_exporter run`` tracking ids from a file, against a simulator."""
+    """``python -m elevate_import_exporter run`` tracking ids from a file, against a simulator.
 
-    def __init__(self, sim: SimulatorProcess, ids: list[str], concurrency: int, logs: Path):
+    ``extra_args`` go after the usual ones (``--web.config.file``, say); ``client`` is how
+    the bench reaches it then (TLS context, credentials), for readiness and scrapes alike.
+    """
+
+    def __init__(
+        self,
+        sim: SimulatorProcess,
+        ids: list[str],
+        concurrency: int,
+        logs: Path,
+        *,
+        extra_args: Sequence[str] = (),
+        client: Client = PLAIN,
+        label: str = "",
+    ):
         port = free_port()
         logs.mkdir(parents=True, exist_ok=True)
         ids_file = logs / f"ids-{len(ids)}.txt"
         ids_file.write_text("".join(i + "\n" for i in ids), encoding="ascii")
         super().__init__(
-            f"exporter-{len(ids)}ids-c{concurrency}-{sim.latency:g}s",
+            f"exporter-{len(ids)}ids-c{concurrency}-{sim.latency:g}s{label}",
             [
                 "run",
                 "--elevate.base-url",
@@ -217,15 +269,17 @@ class ExporterProcess(Child):
                 f"127.0.0.1:{port}",
                 "--log.level",
                 "warning",
+                *extra_args,
             ],
             port,
             "/-/ready",
             logs,
+            client,
         )
 
     def scrape(self, timeout: float = 30.0) -> Answer:
         """A scrape as Prometheus sends it, with a scrape timeout the round may use."""
-        answer = http_get(
+        answer = self.client.get(
             self.port,
             "/metrics",
             {"X-Prometheus-Scrape-Timeout-Seconds": f"{timeout:g}", "Accept": "text/plain"},

@@ -26,9 +26,9 @@ LAYERS: dict[str, int] = {
     "landing": 4,
     "exposition": 4,
     "poller": 3,
-    "status": 3,
-    "status_view": 4,
-    "api": 2,
+    "status": 4,
+    "status_view": 5,
+    "api": 3,
     "api.web_v2": 2,
     "api.admin": 2,
     "api.body": 2,
@@ -52,6 +52,8 @@ LAYERS: dict[str, int] = {
     "deadline": 0,
     "auth": 0,
     "webconfig": 0,
+    "handshake": 0,
+    "listeners": 0,
 }
 MAX_LINES = 360
 

@@ -24,6 +24,7 @@ from click.testing import CliRunner, Result
 
 from elevate_import_exporter.cli import cli
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.web import DRAIN_SECONDS
 from tests.conftest import EXPORTER_ENV, SIM_KEY, ExporterProcess, ExporterProcessFor
 from tests.support import Scrape, free_port, wait_until
 
@@ -110,6 +111,30 @@ def test_run_with_a_bad_listen_address_exits_2_naming_it(address: str) -> None:
         ELEVATE_API_KEY=SIM_KEY,
     )
     assert_setup_error(result, "--web.listen-address", address)
+
+
+def test_run_with_a_bad_second_listen_address_exits_2_naming_it() -> None:
+    args = ["run", "--elevate.base-url", NOWHERE, "--web.listen-address", "127.0.0.1:9"]
+    result = invoke([*args, "--web.listen-address", "1.2.3.4"], ELEVATE_API_KEY=SIM_KEY)
+    assert_setup_error(result, "--web.listen-address", "1.2.3.4")
+
+
+@pytest.mark.parametrize(
+    ("flags", "variable"),
+    [
+        (["--web.listen-address", "127.0.0.1:9", "--web.listen-address", "127.0.0.1:9"], None),
+        ([], "127.0.0.1:9,127.0.0.1:9"),
+        ([], "127.0.0.1:9, [::1]:9 127.0.0.1:9"),
+    ],
+)
+def test_a_listen_address_given_twice_exits_2_naming_it(
+    flags: list[str], variable: str | None
+) -> None:
+    env = {"ELEVATE_API_KEY": SIM_KEY}
+    if variable is not None:
+        env["ELEVATE_EXPORTER_LISTEN_ADDRESS"] = variable
+    result = invoke(["run", "--elevate.base-url", NOWHERE, *flags], **env)
+    assert_setup_error(result, "--web.listen-address", "127.0.0.1:9", "more than once")
 
 
 def test_run_with_a_missing_key_file_exits_2_naming_the_file(tmp_path: Path) -> None:
@@ -331,18 +356,20 @@ def test_a_stop_signal_is_obeyed_promptly_even_while_a_scrape_waits_for_elevate(
     def scrape() -> None:
         # The scrape loses its connection when the process ends: not what is tested.
         with contextlib.suppress(OSError):
-            proc.get("/metrics")
+            proc.get("/metrics", **{"X-Prometheus-Scrape-Timeout-Seconds": "30"})
 
     scraper = threading.Thread(target=scrape, daemon=True)
     scraper.start()
     wait_until(lambda: simulator.requests_for("1001") >= 1, what="the scrape to reach Elevate")
 
     proc.process.terminate()
-    # The round's deadline is 10 s away: an exporter that waits for it is not stopping.
+    # The round's deadline is 30 s away: an exporter that waits for it, rather than for
+    # the drain time at most, is not stopping.
+    limit = DRAIN_SECONDS + 5
     try:
-        returncode = proc.process.wait(timeout=5)
+        returncode = proc.process.wait(timeout=limit)
     except subprocess.TimeoutExpired:
-        pytest.fail("the exporter still ran 5 s after SIGTERM, waiting for its poll round")
+        pytest.fail(f"the exporter still ran {limit} s after SIGTERM, waiting for its poll round")
     assert returncode == 0
     assert "Traceback" not in proc.stderr()
     scraper.join(timeout=30)

@@ -181,6 +181,7 @@ def test_the_defaults_are_the_contracts() -> None:
     chosen = settings()
     assert (chosen.concurrency, chosen.timeout, chosen.retries) == (8, 5.0, 1)
     assert (chosen.listen_host, chosen.listen_port) == ("", 10025)
+    assert chosen.listen_addresses == (("", 10025),)
     assert chosen.telemetry_path == "/metrics"
     assert (chosen.log_level, chosen.log_format) == ("info", "logfmt")
     # The second wave's: 10s and 10000.
@@ -291,6 +292,38 @@ def test_a_bad_listen_address_is_refused_naming_it(address: str) -> None:
     message = config_error(listen_address=address)
     assert "--web.listen-address" in message
     assert repr(address) in message
+
+
+def test_several_listen_addresses_are_taken_in_order_the_first_as_host_and_port() -> None:
+    chosen = settings(listen_address=["127.0.0.1:9", "[::1]:10025", ":8080"])
+    assert chosen.listen_addresses == (("127.0.0.1", 9), ("::1", 10025), ("", 8080))
+    assert (chosen.listen_host, chosen.listen_port) == ("127.0.0.1", 9)
+
+
+def test_one_listen_address_is_a_list_of_one() -> None:
+    assert settings(listen_address="[::1]:10025").listen_addresses == (("::1", 10025),)
+
+
+def test_a_bad_second_listen_address_is_refused_naming_it() -> None:
+    message = config_error(listen_address=["127.0.0.1:9", "host:port"])
+    assert "--web.listen-address" in message
+    assert "'host:port'" in message
+
+
+def test_a_listen_address_given_twice_is_refused_naming_it() -> None:
+    message = config_error(listen_address=["127.0.0.1:9", ":10025", "127.0.0.1:9"])
+    assert "--web.listen-address" in message
+    assert "'127.0.0.1:9'" in message
+    assert "more than once" in message
+
+
+def test_any_free_port_may_be_asked_for_more_than_once() -> None:
+    chosen = settings(listen_address=["127.0.0.1:0", "127.0.0.1:0"])
+    assert chosen.listen_addresses == (("127.0.0.1", 0), ("127.0.0.1", 0))
+
+
+def test_no_listen_address_at_all_is_refused() -> None:
+    assert "--web.listen-address" in config_error(listen_address=[])
 
 
 # -- telemetry path, logs -----------------------------------------------------------------

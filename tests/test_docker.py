@@ -7,7 +7,9 @@ goes to a Docker bridge address. The image is built once per module.
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bcrypt
 import pytest
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 import elevate_import_exporter
@@ -30,6 +34,8 @@ IMAGE = "elevate-import-exporter:test"
 BASE_IMAGE = "python:3.12-slim"
 UID = 10001
 KEY_IN_CONTAINER = "/run/secrets/elevate_api_key"
+WEB_IN_CONTAINER = "/etc/elevate-import-exporter"
+WEB_USER, WEB_PASSWORD = "prometheus", "docker-test-password"
 # Unlike the simulator's built-in default, so a key that fails to arrive shows as 403s.
 API_KEY = "docker-test-key-5f1c0b7e"
 # A cold build downloads the dependencies from PyPI (10 to 30 s here); stay under
@@ -361,6 +367,106 @@ def test_the_image_healthcheck_reports_unhealthy_when_nothing_serves_on_its_port
     log = json.loads(checked("inspect", "--format", "{{json .State.Health.Log}}", name))
     # A one-line reason naming the address it asked, not a traceback.
     assert log[-1]["Output"].startswith(f"http://127.0.0.1:{port}/-/healthy: "), log[-1]
+
+
+@dataclass(frozen=True)
+class WebFolder:
+    """A folder as an operator mounts it: web-config.yml beside its certificate and key."""
+
+    path: Path
+
+    def client(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.path / "ca.pem"))
+
+
+@pytest.fixture(scope="module")
+def web_folder(tmp_path_factory: pytest.TempPathFactory) -> WebFolder:
+    folder = tmp_path_factory.mktemp("web")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
+    server.private_key_pem.write_to_path(str(folder / "server.key"))
+    hashed = bcrypt.hashpw(WEB_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    # Relative names: the exporter looks for them next to the file, wherever it is mounted.
+    (folder / "web-config.yml").write_text(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n"
+        f"basic_auth_users:\n  {WEB_USER}: '{hashed}'\n"
+    )
+    # A bind mount keeps the host's owner and modes: UID 10001 must be able to read them.
+    folder.chmod(0o755)
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    return WebFolder(folder)
+
+
+def https_get(url: str, context: ssl.SSLContext, *, auth: bool) -> tuple[int, str] | None:
+    """Like ``http_get``, over TLS verified by ``context``, with the credentials or none."""
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    headers = {}
+    if auth:
+        token = base64.b64encode(f"{WEB_USER}:{WEB_PASSWORD}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return None
+
+
+def test_the_image_serves_tls_and_basic_auth_from_a_mounted_web_config_and_stays_healthy(
+    containers: Containers, simulator_url: str, key_file: Path, web_folder: WebFolder
+) -> None:
+    port = free_port()
+    name = containers.run(
+        "--volume",
+        f"{key_file}:{KEY_IN_CONTAINER}:ro",
+        "--volume",
+        f"{web_folder.path}:{WEB_IN_CONTAINER}:ro",
+        "--env",
+        f"ELEVATE_API_KEY_FILE={KEY_IN_CONTAINER}",
+        "--env",
+        f"ELEVATE_BASE_URL={simulator_url}",
+        "--env",
+        f"ELEVATE_IMPORT_IDS={','.join(tracked_ids())}",
+        "--env",
+        f"ELEVATE_EXPORTER_LISTEN_ADDRESS=127.0.0.1:{port}",
+        "--env",
+        f"ELEVATE_EXPORTER_WEB_CONFIG_FILE={WEB_IN_CONTAINER}/web-config.yml",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--health-interval",
+        "1s",
+    )
+    metrics = f"https://127.0.0.1:{port}/metrics"
+
+    def scraped() -> str | None:
+        answer = https_get(metrics, web_folder.client(), auth=True)
+        if answer is None and not is_running(name):
+            logs = docker("logs", "--tail", "40", name)
+            pytest.fail(f"container {name} exited:\n{logs.stdout}{logs.stderr}")
+        return answer[1] if answer is not None and answer[0] == 200 else None
+
+    body = wait_until(scraped, timeout=30, interval=0.2, what="a scrape over https with auth")
+    assert "elevate_import_status{" in body
+    assert "\nelevate_import_up 1.0\n" in body
+    # The credentials are what let the scrape in; plain HTTP is not served at all.
+    assert https_get(metrics, web_folder.client(), auth=False) == (401, "Unauthorized.\n")
+    assert http_get(f"http://127.0.0.1:{port}/metrics") is None
+    # The image's health check gets past TLS and basic auth without the CA or a password.
+    wait_until(
+        lambda: health_status(name) == "healthy",
+        timeout=60,
+        interval=0.5,
+        what="the health check to report healthy",
+    )
 
 
 def test_docker_stop_ends_the_exporter_within_the_grace_period_with_status_0_or_143(

@@ -17,8 +17,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from elevate_import_exporter import __version__
-from elevate_import_exporter.api import StatusApi, flavour_named
+from elevate_import_exporter.api import status_api
 from elevate_import_exporter.collector import ImportCollector
 from elevate_import_exporter.config import Settings
 from elevate_import_exporter.idsfile import IdsFile
@@ -27,7 +26,6 @@ from elevate_import_exporter.poller import Poller, Snapshot
 from elevate_import_exporter.sources import FixedIds, IdSource, TrackedIds
 from elevate_import_exporter.stats import RequestStats
 from elevate_import_exporter.tls import TlsProvider
-from elevate_import_exporter.transport import Transport
 from elevate_import_exporter.web import DEFAULT_BUDGET, HttpServer
 from elevate_import_exporter.webconfig import WebConfigWatcher
 
@@ -40,27 +38,18 @@ class Application:
     """A running exporter: ``poll``, ``snapshot``, ``serve_forever`` or ``start``, ``stop``.
 
     Raises :class:`~elevate_import_exporter.idsfile.IdsFileError` or
-    :class:`~elevate_import_exporter.web.ListenError` when it cannot start.
+    :class:`~elevate_import_exporter.listeners.ListenError` when it cannot start.
     """
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.stats = RequestStats()
-        transport = Transport(
-            settings.base_url,
-            settings.api_key,
-            user_agent=f"elevate-import-exporter/{__version__}",
-            pool_size=settings.concurrency,
-            timeout=settings.timeout,
-            retries=settings.retries,
-            on_request=self.stats.record,
-        )
         sources: list[IdSource] = [FixedIds(settings.import_ids)]
         if settings.ids_file is not None:
             sources.append(IdsFile(settings.ids_file, *id_rule(settings.api)))
         self.ids = TrackedIds(sources, max_tracked=settings.max_tracked)
         self.poller = Poller(
-            StatusApi(flavour_named(settings.api), transport),
+            status_api(settings, self.stats.record),
             self.ids,
             concurrency=settings.concurrency,
             min_interval=settings.min_poll_interval,
@@ -80,6 +69,7 @@ class Application:
                 self,
                 settings.listen_host,
                 settings.listen_port,
+                extra_addresses=settings.listen_addresses[1:],
                 web_config=self.web_config.current if self.web_config else None,
                 auth_exempt_paths=HEALTH_PATHS if settings.auth_exempt_health else (),
                 tls=tls,
@@ -140,11 +130,18 @@ class Application:
 
     @property
     def url(self) -> str:
-        host = self.settings.listen_host or "localhost"
-        if ":" in host:
-            host = f"[{host}]"
+        """The URL of the first address."""
+        return self.urls[0]
+
+    @property
+    def urls(self) -> list[str]:
+        """The URL of each address served, in the order given."""
         scheme = "https" if self._tls_served else "http"
-        return f"{scheme}://{host}:{self.port}"
+        hosts = [host for host, _port in self.settings.listen_addresses] or [
+            self.settings.listen_host
+        ]
+        ports = self._server.ports
+        return [f"{scheme}://{_url_host(h)}:{p}" for h, p in zip(hosts, ports, strict=True)]
 
     def reload(self) -> None:
         """Read every id source and the web configuration again (SIGHUP)."""
@@ -155,7 +152,13 @@ class Application:
         log.info("reloaded the id sources: %d ids tracked", len(self.ids.current()))
 
     def serve_forever(self) -> None:
+        """Serve until :meth:`drain` has ended, or until :meth:`stop`."""
         self._server.serve_forever()
+
+    def drain(self) -> None:
+        """Stop taking requests; ``serve_forever`` returns once those in flight are answered,
+        within ``web.DRAIN_SECONDS``. Safe from a signal handler."""
+        self._server.drain()
 
     def start(self) -> None:
         """Serve from a background thread (tests, the demo)."""
@@ -168,6 +171,11 @@ class Application:
             self._thread.join()
         self._server.close()
         self.poller.close()
+
+
+def _url_host(host: str) -> str:
+    host = host or "localhost"
+    return f"[{host}]" if ":" in host else host
 
 
 def _web_config(settings: Settings) -> WebConfigWatcher | None:

@@ -49,6 +49,7 @@ class Settings:
     retries: int
     min_poll_interval: float
     max_tracked: int
+    # The first of listen_addresses: where the exporter says it serves.
     listen_host: str
     listen_port: int
     telemetry_path: str
@@ -56,6 +57,8 @@ class Settings:
     log_format: str
     web_config_file: Path | None
     auth_exempt_health: bool
+    # Every [host]:port to serve on, the first one first; never empty.
+    listen_addresses: tuple[tuple[str, int], ...] = ()
 
 
 def cluster_url(cluster_id: str) -> str:
@@ -76,7 +79,7 @@ def load_settings(
     retries: str | int = default("retries"),
     min_poll_interval: str = default("min_poll_interval"),
     max_tracked: str | int = default("max_tracked"),
-    listen_address: str = default("listen_address"),
+    listen_address: str | Iterable[str] = default("listen_address"),
     telemetry_path: str = default("telemetry_path"),
     log_level: str = default("log_level"),
     log_format: str = default("log_format"),
@@ -87,7 +90,8 @@ def load_settings(
 
     ``api_key`` is the value of ``ELEVATE_API_KEY``; no flag takes the key itself.
     """
-    host, port = parse_listen_address(listen_address, "--web.listen-address")
+    addresses = _listen_addresses(listen_address)
+    host, port = addresses[0]
     flavour = choice(api, "--elevate.api", API_FLAVOURS)
     return Settings(
         base_url=_base_url(cluster_id, base_url),
@@ -109,6 +113,7 @@ def load_settings(
         log_format=choice(log_format, "--log.format", LOG_FORMATS),
         web_config_file=Path(web_config_file) if web_config_file else None,
         auth_exempt_health=bool(auth_exempt_health),
+        listen_addresses=addresses,
     )
 
 
@@ -253,6 +258,21 @@ def _telemetry_path(path: str) -> str:
             f"got {path!r}"
         )
     return path
+
+
+def _listen_addresses(given: str | Iterable[str]) -> tuple[tuple[str, int], ...]:
+    """Each address once; port 0 (any free port) may come more than once."""
+    name = "--web.listen-address"
+    given = [given] if isinstance(given, str) else list(given)
+    if not given:
+        raise ConfigError(f"{name} must be given at least once")
+    addresses: list[tuple[str, int]] = []
+    for address in given:
+        parsed = parse_listen_address(address, name)
+        if parsed in addresses and parsed[1] != 0:
+            raise ConfigError(f"{name} {address!r} is given more than once")
+        addresses.append(parsed)
+    return tuple(addresses)
 
 
 def parse_listen_address(address: str, name: str) -> tuple[str, int]:

@@ -1,14 +1,17 @@
 """Connections without threads to spare: accept, read request heads, hand them over.
 
-The thread that calls ``serve_forever`` accepts connections and reads from all of them
-without blocking; only a request whose head (request line and headers) is complete goes to
-one of at most ``max_threads`` handler threads. A client that sends its head slowly, or
-never, so holds a file descriptor for at most ``header_timeout`` seconds and never a
-thread. Knows nothing of HTTP but where a request head ends.
+The thread that calls ``serve_forever`` accepts connections on every listener and reads
+from all of them without blocking; only a request whose head (request line and headers) is
+complete goes to one of at most ``max_threads`` handler threads. A client that sends its
+head slowly, or never, so holds a file descriptor for at most ``header_timeout`` seconds
+and never a thread. Knows nothing of HTTP but where a request head ends.
 
 With ``tls``, each accepted socket is wrapped and its handshake driven by the same loop,
 without blocking; the handshake counts against the header timeout, so one that never
 finishes holds no thread and is cut like a slow request head.
+
+``drain``: no new connection or request is taken, those waiting for one are closed, and
+``serve_forever`` returns once the requests in flight are answered or the time is up.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from elevate_import_exporter import handshake
+from elevate_import_exporter.handshake import ServerTls
+from elevate_import_exporter.listeners import Listeners
 from elevate_import_exporter.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -34,16 +39,6 @@ _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 Respond = Callable[[str, bytes, float], tuple[bytes, bool]]
-
-
-class ServerTls(Protocol):
-    """What the loop needs of TLS (``tls.TlsProvider`` is one)."""
-
-    def context(self) -> ssl.SSLContext:
-        """The context to wrap a connection accepted now with."""
-
-    def refusal(self, sock: ssl.SSLSocket) -> str | None:
-        """Why the peer of a finished handshake is turned away, or None to serve it."""
 
 
 @dataclass(eq=False)
@@ -58,15 +53,13 @@ class _Connection:
 
 
 class Connections:
-    """Accepts connections on ``listener`` and hands each complete request head to
-    ``respond(peer, head, received)``, which returns the answer and whether to keep alive.
-
-    Knows nothing of HTTP beyond where a request's headers end.
-    """
+    """Accepts connections on ``listeners`` (one socket or several) and hands each complete
+    request head to ``respond(peer, head, received)``, which returns the answer and whether
+    to keep alive."""
 
     def __init__(
         self,
-        listener: socket.socket,
+        listeners: Listeners | socket.socket | Sequence[socket.socket],
         respond: Respond,
         *,
         header_timeout: float,
@@ -76,8 +69,9 @@ class Connections:
         write_timeout: float,
         tls: ServerTls | None = None,
     ) -> None:
-        self._listener = listener
-        self.port = int(listener.getsockname()[1])
+        self._listeners = listeners if isinstance(listeners, Listeners) else Listeners(listeners)
+        self.ports = self._listeners.ports
+        self.port = self.ports[0]
         self._respond = respond
         self._header_timeout = header_timeout
         self._idle_timeout = idle_timeout
@@ -85,7 +79,7 @@ class Connections:
         self._write_timeout = write_timeout
         self._tls = tls
         self._wake_r, self._wake_w = socket.socketpair()
-        for sock in (listener, self._wake_r, self._wake_w):
+        for sock in (self._wake_r, self._wake_w):
             sock.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -101,6 +95,8 @@ class Connections:
         self._backoff = 0.0
         self._next_expiry = float("inf")
         self._stop = threading.Event()
+        self._drain_until = float("inf")  # monotonic; set once, by drain()
+        self._draining = False  # the serving thread has begun the drain
         self._loop = threading.Lock()
 
     def serve_forever(self) -> None:
@@ -109,13 +105,26 @@ class Connections:
             while not self._stop.is_set():
                 now = time.monotonic()
                 wake = min(self._next_expiry, now + 1.0 if self._accepting else self._resume_at)
+                wake = min(wake, self._drain_until)
                 for key, _events in self._selector.select(max(0.0, wake - now)):
                     self._ready(key.data, time.monotonic())
                 now = time.monotonic()
                 self._take_back(now)
                 self._expire(now)
+                if self.draining and self._drained(now):
+                    return
                 if not self._accepting and now >= self._resume_at:
                     self._resume()
+
+    def drain(self, seconds: float) -> None:
+        """Make ``serve_forever`` stop taking requests and return once those in flight are
+        answered, or after ``seconds``. Safe from another thread and from a signal handler."""
+        self._drain_until = min(self._drain_until, time.monotonic() + seconds)
+        self._wake()
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_until < float("inf")
 
     def shutdown(self) -> None:
         """Stop ``serve_forever`` (from another thread) and wait until it has returned."""
@@ -133,12 +142,27 @@ class Connections:
         self._waiting.clear()
         self._workers.stop()
         self._selector.close()
-        for sock in (self._listener, self._wake_r, self._wake_w):
+        self._listeners.close()
+        for sock in (self._wake_r, self._wake_w):
             sock.close()
 
     # -- the serving thread ---------------------------------------------------------------
 
-    def _ready(self, data: _Connection | bool | None, now: float) -> None:
+    def _drained(self, now: float) -> bool:
+        """Begin the drain, if not begun; True once it is over."""
+        if not self._draining:
+            self._draining = True
+            self._pause(float("inf"))
+            self._listeners.close()
+            for conn in list(self._waiting):  # idle, or not a whole request yet
+                self._drop(conn)
+            if self._open:
+                log.info("draining: %d requests in flight", self._open)
+        if self._open and now >= self._drain_until:
+            log.warning("drain time over: %d requests in flight are cut", self._open)
+        return not self._open or now >= self._drain_until
+
+    def _ready(self, data: _Connection | socket.socket | None, now: float) -> None:
         if isinstance(data, _Connection):
             if data not in self._waiting:  # closed by an earlier event of this round
                 return
@@ -146,18 +170,20 @@ class Connections:
                 self._handshake(data, now)
             else:
                 self._read(data, now)
-        elif data:
-            self._accept(now)
+        elif data is not None:
+            self._accept(data, now)
         else:
             while _recv(self._wake_r):
                 pass
 
-    def _accept(self, now: float) -> None:
+    def _accept(self, listener: socket.socket, now: float) -> None:
+        if self._draining:  # ready in the same select as the drain's wake-up
+            return
         if self._open >= self._max_connections and not self._evict_oldest():
             self._pause(now + 0.1)  # all of them busy: one comes back soon
             return
         try:
-            sock, address = self._listener.accept()
+            sock, address = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         except OSError as exc:
@@ -176,52 +202,35 @@ class Connections:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = _Connection(sock, str(address[0]), now + self._header_timeout, now)
         if self._tls is not None:
-            try:
-                conn.sock = self._tls.context().wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
-                )
-            except (OSError, ValueError) as exc:
-                log.warning("http %s: cannot start TLS: %s", conn.peer, exc)
+            wrapped = handshake.wrap(self._tls, sock, conn.peer)
+            if wrapped is None:
                 sock.close()
                 self._open -= 1
                 return
-            conn.handshaking = True
+            conn.sock, conn.handshaking = wrapped, True
         self._watch(conn)
 
     def _handshake(self, conn: _Connection, now: float) -> None:
-        sock = conn.sock
-        assert isinstance(sock, ssl.SSLSocket)
         assert self._tls is not None
-        try:
-            sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._selector.modify(sock, selectors.EVENT_READ, conn)
-            return
-        except ssl.SSLWantWriteError:
-            self._selector.modify(sock, selectors.EVENT_WRITE, conn)
-            return
-        except (OSError, ValueError) as exc:
-            log.debug("http %s TLS handshake failed: %s", conn.peer, exc)
+        wait_for = handshake.step(self._tls, conn.sock, conn.peer)
+        if wait_for is None:
             self._drop(conn)
-            return
-        refusal = self._tls.refusal(sock)
-        if refusal is not None:
-            log.info("http %s refused: %s", conn.peer, refusal)
-            self._drop(conn)
-            return
-        conn.handshaking = False
-        self._selector.modify(sock, selectors.EVENT_READ, conn)
-        self._read(conn, now)  # the request may have come with the handshake's last flight
+        elif wait_for:
+            self._selector.modify(conn.sock, wait_for, conn)
+        else:
+            conn.handshaking = False
+            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            self._read(conn, now)  # the request may have come with the handshake's last flight
 
     def _pause(self, until: float) -> None:
         if self._accepting:
-            self._selector.unregister(self._listener)
+            self._listeners.unwatch(self._selector)
             self._accepting = False
         self._resume_at = until
 
     def _resume(self) -> None:
-        if not self._accepting:
-            self._selector.register(self._listener, selectors.EVENT_READ, True)
+        if not self._accepting and not self._draining:
+            self._listeners.watch(self._selector)
             self._accepting = True
 
     def _evict_oldest(self) -> bool:
@@ -246,12 +255,12 @@ class Connections:
             self._unwatch(conn)
         conn.sock.close()
         self._open -= 1
-        if not self._accepting and not self._backoff:
+        if not self._accepting and not self._backoff and not self._draining:
             self._resume_at = 0.0  # it was full: there is room again
 
     def _read(self, conn: _Connection, now: float) -> None:
         try:
-            data = _receive(conn.sock)
+            data = handshake.receive(conn.sock)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
             return
@@ -304,7 +313,7 @@ class Connections:
         with self._lock:
             returned, self._returned = self._returned, []
         for conn, keep in returned:
-            if not keep:
+            if not keep or self._draining:
                 self._drop(conn)
                 continue
             conn.sock.setblocking(False)
@@ -340,16 +349,6 @@ class Connections:
                 self._wake()
                 return
         conn.sock.close()
-
-
-def _receive(sock: socket.socket) -> bytes:
-    """What has arrived; with TLS also the bytes the TLS layer holds decrypted already,
-    for which the selector would not fire."""
-    data = sock.recv(65536)
-    if isinstance(sock, ssl.SSLSocket):
-        while data and sock.pending():
-            data += sock.recv(sock.pending())
-    return data
 
 
 def _recv(sock: socket.socket) -> bytes:

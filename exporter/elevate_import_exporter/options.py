@@ -108,8 +108,10 @@ RUN_OPTIONS = (
         "--web.listen-address",
         "listen_address",
         "ELEVATE_EXPORTER_LISTEN_ADDRESS",
-        "[host]:port to serve on.",
+        "[host]:port to serve on; repeatable, to serve on several addresses. The variable "
+        "takes a comma separated list.",
         ":10025",
+        multiple=True,
     ),
     Option(
         "--web.telemetry-path",

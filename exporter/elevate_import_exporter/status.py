@@ -19,12 +19,10 @@ from concurrent.futures import Future, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from elevate_import_exporter import __version__
-from elevate_import_exporter.api import StatusApi, flavour_named
+from elevate_import_exporter.api import StatusApi, status_api
 from elevate_import_exporter.config import Settings
 from elevate_import_exporter.holds import Holds
 from elevate_import_exporter.model import ApiError, ImportInfo, NotSent
-from elevate_import_exporter.transport import Transport
 from elevate_import_exporter.workers import Workers
 
 # An import started a moment ago may not be known to every node of the cluster yet, so
@@ -109,15 +107,7 @@ def outcome_of(states: Sequence[IdState]) -> Outcome:
 @contextmanager
 def open_api(settings: Settings) -> Iterator[StatusApi]:
     """The status API of ``settings``' flavour, closed on leaving."""
-    transport = Transport(
-        settings.base_url,
-        settings.api_key,
-        user_agent=f"elevate-import-exporter/{__version__}",
-        pool_size=settings.concurrency,
-        timeout=settings.timeout,
-        retries=settings.retries,
-    )
-    api = StatusApi(flavour_named(settings.api), transport)
+    api = status_api(settings)
     try:
         yield api
     finally:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import io
 import logging
 import resource
-import socket
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
@@ -26,9 +25,12 @@ from prometheus_client import CollectorRegistry
 
 from elevate_import_exporter import __version__
 from elevate_import_exporter.auth import CHALLENGE, BasicAuth
-from elevate_import_exporter.connections import Connections, ServerTls
+from elevate_import_exporter.connections import Connections
 from elevate_import_exporter.exposition import Exposition, Renderer
+from elevate_import_exporter.handshake import ServerTls
 from elevate_import_exporter.landing import landing_page
+from elevate_import_exporter.listeners import ListenError as ListenError
+from elevate_import_exporter.listeners import listen_all
 from elevate_import_exporter.poller import Snapshot
 from elevate_import_exporter.webconfig import WebConfig
 
@@ -47,6 +49,9 @@ MAX_THREADS = 32
 MAX_CONNECTIONS = 512
 # Seconds to write one answer to a client that does not read it.
 WRITE_TIMEOUT = 30.0
+# Seconds a stop (SIGTERM) waits for the answers of requests in flight before it cuts
+# them: well within docker stop's and Kubernetes' grace periods (10 s, 30 s).
+DRAIN_SECONDS = 5.0
 # Poll budget of the first round, which has no scrape to go by.
 DEFAULT_BUDGET = 10.0
 # The scrape timeout assumed without a usable X-Prometheus-Scrape-Timeout-Seconds
@@ -61,10 +66,6 @@ RENDER_FACTOR = 1.5
 
 _TEXT = "text/plain; charset=utf-8"
 _NO_WEB_CONFIG = WebConfig()
-
-
-class ListenError(Exception):
-    """The HTTP server could not bind its address."""
 
 
 class Site(Protocol):
@@ -101,7 +102,8 @@ def poll_budget(timeout: float, spent: float, render_seconds: float) -> float:
 
 
 class HttpServer:
-    """The endpoints of a :class:`Site` on ``host:port``; an empty host means every address.
+    """The endpoints of a :class:`Site` on ``host:port`` and each of ``extra_addresses``
+    (``(host, port)``); an empty host means every address.
 
     The timeouts and bounds default to the module's constants; tests pass small ones.
     ``web_config`` is a web config, or a function giving the current one (such as
@@ -122,6 +124,7 @@ class HttpServer:
         web_config: WebConfig | Callable[[], WebConfig] | None = None,
         auth_exempt_paths: Collection[str] = (),
         tls: ServerTls | None = None,
+        extra_addresses: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.site = site
         self.auth_exempt_paths = frozenset(auth_exempt_paths)
@@ -133,7 +136,7 @@ class HttpServer:
         # A scrape may wait a whole poll round; half the threads stay free for the rest.
         self.scrape_slots = threading.BoundedSemaphore(max(1, max_threads // 2))
         self._connections = Connections(
-            _listen(host, port),
+            listen_all([(host, port), *extra_addresses]),
             self._respond,
             header_timeout=header_timeout,
             idle_timeout=idle_timeout,
@@ -163,7 +166,22 @@ class HttpServer:
 
     @property
     def port(self) -> int:
+        """The port of the first address."""
         return self._connections.port
+
+    @property
+    def ports(self) -> list[int]:
+        """The port of each address, in their order."""
+        return self._connections.ports
+
+    @property
+    def draining(self) -> bool:
+        return self._connections.draining
+
+    def drain(self, seconds: float = DRAIN_SECONDS) -> None:
+        """Make ``serve_forever`` return once the requests in flight are answered, within
+        ``seconds``; safe from a signal handler."""
+        self._connections.drain(seconds)
 
     def serve_forever(self) -> None:
         self._connections.serve_forever()
@@ -214,6 +232,8 @@ class _Handler(BaseHTTPRequestHandler):
         # Every answer, errors from BaseHTTPRequestHandler included, gets the extra headers.
         for name, value in self.web_config.http.headers.items():
             self.send_header(name, value)
+        if self.http.draining and not self.close_connection:
+            self.send_header("Connection", "close")  # the server is stopping
         super().end_headers()
 
     def do_HEAD(self) -> None:
@@ -294,29 +314,3 @@ def _connection_limit() -> int:
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
     return max(8, min(MAX_CONNECTIONS, soft // 2))
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    candidates: list[tuple[str, socket.AddressFamily]]
-    if host:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        candidates = [(str(info[4][0]), info[0]) for info in infos]
-    else:
-        candidates = [("::", socket.AF_INET6), ("0.0.0.0", socket.AF_INET)]
-    error: OSError | None = None
-    for address, family in candidates:
-        try:
-            # An empty host means every address, IPv4 included.
-            return socket.create_server(
-                (address, port),
-                family=family,
-                backlog=socket.SOMAXCONN,
-                dualstack_ipv6=family == socket.AF_INET6 and socket.has_dualstack_ipv6(),
-            )
-        except OSError as exc:
-            error = exc
-    reason = error.strerror if error is not None and error.strerror else str(error)
-    raise ListenError(f"cannot listen on {host}:{port}: {reason}")

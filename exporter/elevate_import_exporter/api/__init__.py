@@ -8,10 +8,13 @@ comes back safe before any other part of the exporter sees it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-from elevate_import_exporter.model import MAX_MESSAGE_CHARS, ImportInfo, safe_text
+from elevate_import_exporter import __version__
+from elevate_import_exporter.config import Settings
+from elevate_import_exporter.model import MAX_MESSAGE_CHARS, ImportInfo, RequestRecord, safe_text
 from elevate_import_exporter.transport import Transport
 
 
@@ -74,3 +77,19 @@ def flavour_named(name: str) -> Flavour:
         return flavours[name]
     except KeyError:
         raise ValueError(f"unknown API flavour {name!r}: one of {', '.join(flavours)}") from None
+
+
+def status_api(
+    settings: Settings, on_request: Callable[[RequestRecord], None] = lambda _record: None
+) -> StatusApi:
+    """The status API that ``settings`` name: their flavour over their transport."""
+    transport = Transport(
+        settings.base_url,
+        settings.api_key,
+        user_agent=f"elevate-import-exporter/{__version__}",
+        pool_size=settings.concurrency,
+        timeout=settings.timeout,
+        retries=settings.retries,
+        on_request=on_request,
+    )
+    return StatusApi(flavour_named(settings.api), transport)

@@ -42,25 +42,34 @@ def run_option(dest: str) -> Option:
     return next(option for option in RUN_OPTIONS if option.dest == dest)
 
 
-def _split_ids(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
-    # ELEVATE_IMPORT_IDS may separate ids with commas as well as spaces; a flag takes
-    # one id as it is, so that a bad one is refused rather than split or dropped.
+def _split_list(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    # The variable of a repeatable flag (ELEVATE_IMPORT_IDS, ELEVATE_EXPORTER_LISTEN_ADDRESS)
+    # may separate values with commas as well as spaces; a flag takes one value as it
+    # is, so that a bad one is refused rather than split or dropped.
     if param.name and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
         return [part for value in values for part in re.split(r"[\s,]+", value) if part]
     return list(values)
 
 
 def flag(option: Option, **overrides: Any) -> Decorator:
+    """The click option of ``option``; ``overrides`` are click settings.
+
+    A repeatable option whose default a command overrides with one string (the
+    simulator's listen address) takes one value in that command.
+    """
+    multiple = option.multiple and not isinstance(overrides.get("default", ()), str)
     settings: dict[str, Any] = {
         "envvar": option.env,
         "default": option.default,
         "help": option.help,
-        "multiple": option.multiple,
+        "multiple": multiple,
         "show_envvar": True,
         "show_default": True,
     }
-    if option.multiple:
-        settings["callback"] = _split_ids
+    if multiple:
+        settings["callback"] = _split_list
+        if option.default is not None:
+            settings["default"] = (option.default,)
     if option.boolean:
         # click reads the variable as a boolean: true/false, 1/0, yes/no, on/off.
         settings.update(is_flag=True, default=False)
@@ -132,12 +141,23 @@ def serve_until_stopped(
     serve: Callable[[], object],
     cleanup: Callable[[], None],
     reload: Callable[[], None] | None = None,
+    drain: Callable[[], None] | None = None,
 ) -> None:
     """Serve in the main thread until SIGTERM or SIGINT, then clean up and return (exit 0).
 
-    SIGHUP calls ``reload`` (or is logged and ignored without one): its default
-    action would end the process without a word.
+    With ``drain``, the first stop signal calls it (from the signal handler: it must only
+    ask) and ``serve`` is expected to return once the requests in flight are answered; a
+    second stop signal, or the first without ``drain``, stops at once. SIGHUP calls
+    ``reload`` (or is logged and ignored without one): its default action would end the
+    process without a word.
     """
+    stopping: list[str] = []
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        if drain is None or stopping:
+            _on_stop(signum, frame)
+        stopping.append(signal.Signals(signum).name)
+        drain()
 
     def on_hangup(_signum: int, _frame: FrameType | None) -> None:
         log.info("SIGHUP received: reloading")
@@ -146,11 +166,13 @@ def serve_until_stopped(
         # Off the signal handler: a reload may take locks the interrupted thread holds.
         threading.Thread(target=_reload_logged, args=(reload,), name="reload").start()
 
-    signal.signal(signal.SIGTERM, _on_stop)
-    signal.signal(signal.SIGINT, _on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hangup)
     try:
         serve()
+        if stopping:
+            log.info("stopping on %s, after the requests in flight", stopping[0])
     except _Stopped as stop:
         log.info("stopping on %s", stop)
     finally:

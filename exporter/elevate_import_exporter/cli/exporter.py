@@ -24,9 +24,9 @@ from elevate_import_exporter.cli.common import (
 )
 from elevate_import_exporter.config import Settings
 from elevate_import_exporter.idsfile import IdsFileError
+from elevate_import_exporter.listeners import ListenError
 from elevate_import_exporter.options import LOG_OPTIONS, RUN_OPTIONS
 from elevate_import_exporter.simulator import DEMO_UNKNOWN_ID, STATUS_PATH, demo_imports
-from elevate_import_exporter.web import ListenError
 from elevate_import_exporter.webconfig import WebConfigError
 
 SIMULATOR_LISTEN_ADDRESS = "127.0.0.1:10026"
@@ -37,19 +37,19 @@ DEMO_SCRAPE_INTERVAL = 2.0
 @click.command()
 @flags(*RUN_OPTIONS, *LOG_OPTIONS)
 def run(**options: Any) -> None:
-    """Run the exporter. SIGHUP re-reads the ids file; SIGTERM and SIGINT stop it."""
+    """Run the exporter. SIGHUP re-reads the ids file; SIGTERM and SIGINT stop it, after
+    the answers of requests in flight (a few seconds at most)."""
     settings = settings_from(api_key=os.environ.get("ELEVATE_API_KEY"), **options)
     logs.configure(settings.log_level, settings.log_format, [settings.api_key.reveal()])
     app = _start(settings)
     warn_if_key_goes_in_clear(settings.base_url)
     log.info(
-        "serving metrics at %s%s for %d import ids (Elevate at %s)",
-        app.url,
-        settings.telemetry_path,
+        "serving metrics at %s for %d import ids (Elevate at %s)",
+        ", ".join(url + settings.telemetry_path for url in app.urls),
         len(app.ids.current()),
         settings.base_url,
     )
-    serve_until_stopped(app.serve_forever, app.stop, reload=app.reload)
+    serve_until_stopped(app.serve_forever, app.stop, reload=app.reload, drain=app.drain)
 
 
 @click.command()
@@ -64,7 +64,9 @@ def run(**options: Any) -> None:
     help="[host]:port of the simulated Elevate API.",
 )
 @flags(*LOG_OPTIONS)
-def demo(listen_address: str, simulator_address: str, log_level: str, log_format: str) -> None:
+def demo(
+    listen_address: tuple[str, ...], simulator_address: str, log_level: str, log_format: str
+) -> None:
     """Try it: a simulated Elevate API with scripted imports, and the exporter watching it."""
     level, fmt = log_settings(log_level, log_format)
     key = secrets.token_urlsafe(24)
@@ -98,7 +100,7 @@ def demo(listen_address: str, simulator_address: str, log_level: str, log_format
             stop_scraping()
             app.stop()
 
-        serve_until_stopped(app.serve_forever, cleanup)
+        serve_until_stopped(app.serve_forever, cleanup, drain=app.drain)
 
 
 def _start(settings: Settings) -> Application:
