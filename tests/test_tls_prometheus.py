@@ -1,22 +1,17 @@
 """A real Prometheus (Debian's) scrapes the exporter over mutual TLS with basic auth, using
 the example web config (examples/web-config.yml) with certificates made here.
 
-The exporter is an in-process Application behind an HttpServer that reads the web config
-(basic auth); the TLS connection loop around that server's answers is built here, the way
-HttpServer builds it when it is given the TLS provider.
+The exporter is an in-process Application given the web config as --web.config.file
+would give it: TLS, client certificates and basic auth all come from that file.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,44 +19,13 @@ from typing import Any
 import trustme
 import yaml
 
-from elevate_import_exporter import web
-from elevate_import_exporter.connections import Connections
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from elevate_import_exporter.tls import TlsProvider
-from elevate_import_exporter.webconfig import load_web_config
 from tests.conftest import ExporterFor
 from tests.support import free_port, need_tool, stop_process, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "web-config.yml"
 PASSWORD = "example-password-change-me"  # the example file's documented password
-
-
-@contextmanager
-def https_exporter(app: Any, folder: Path) -> Iterator[str]:
-    """``app`` served over HTTPS with ``folder``'s copy of the example web config."""
-    config = load_web_config(folder / "web-config.yml")
-    assert config.tls is not None
-    server = web.HttpServer(app, "127.0.0.1", 0, web_config=config)
-    connections = Connections(
-        socket.create_server(("127.0.0.1", 0)),
-        server._respond,  # what HttpServer's own loop calls
-        header_timeout=10.0,
-        idle_timeout=30.0,
-        max_threads=4,
-        max_connections=100,
-        write_timeout=10.0,
-        tls=TlsProvider(config.tls),
-    )
-    thread = threading.Thread(target=connections.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{connections.port}"
-    finally:
-        connections.shutdown()
-        thread.join()
-        connections.close()
-        server.close()
 
 
 def write_pki(folder: Path) -> None:
@@ -117,38 +81,39 @@ def test_prometheus_scrapes_over_mutual_tls_with_basic_auth_using_the_example_co
 ) -> None:
     prometheus = need_tool("prometheus")
     simulator.add_import(ScriptedImport("1001", (Step("IN_PROGRESS"),)))
-    app = exporter_for(simulator.url, ["1001"])
     shutil.copy(EXAMPLE, tmp_path / "web-config.yml")
     write_pki(tmp_path)
-    with https_exporter(app, tmp_path) as target:
-        config = {
-            "global": {"scrape_interval": "1s"},
-            "scrape_configs": [
-                job("mtls", target, tmp_path, cert=True, password=PASSWORD),
-                job("no-client-cert", target, tmp_path, cert=False, password=PASSWORD),
-                job("wrong-password", target, tmp_path, cert=True, password="wrong"),
+    app = exporter_for(simulator.url, ["1001"], web_config_file=str(tmp_path / "web-config.yml"))
+    assert app.url.startswith("https://")
+    target = f"127.0.0.1:{app.port}"
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [
+            job("mtls", target, tmp_path, cert=True, password=PASSWORD),
+            job("no-client-cert", target, tmp_path, cert=False, password=PASSWORD),
+            job("wrong-password", target, tmp_path, cert=True, password="wrong"),
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{free_port()}"
+    with (tmp_path / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address={url.removeprefix('http://')}",
             ],
-        }
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-        url = f"http://127.0.0.1:{free_port()}"
-        with (tmp_path / "prometheus.log").open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address={url.removeprefix('http://')}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=tmp_path,
-            )
-        try:
-            for name, up in (("mtls", 1.0), ("no-client-cert", 0.0), ("wrong-password", 0.0)):
-                promql = f'up{{job="{name}"}}'
-                wait_until(partial(scraped, url, promql), timeout=60, what=f"a scrape of {name}")
-                assert value(url, promql) == up, name
-            metric = 'elevate_import_poll_success{job="mtls",id="1001"}'
-            assert wait_until(lambda: value(url, metric), timeout=30, what=metric) == 1.0
-        finally:
-            stop_process(process)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        for name, up in (("mtls", 1.0), ("no-client-cert", 0.0), ("wrong-password", 0.0)):
+            promql = f'up{{job="{name}"}}'
+            wait_until(partial(scraped, url, promql), timeout=60, what=f"a scrape of {name}")
+            assert value(url, promql) == up, name
+        metric = 'elevate_import_poll_success{job="mtls",id="1001"}'
+        assert wait_until(lambda: value(url, metric), timeout=30, what=metric) == 1.0
+    finally:
+        stop_process(process)
