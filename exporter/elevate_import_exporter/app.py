@@ -125,6 +125,11 @@ class Application:
     # -- life cycle -------------------------------------------------------------------
 
     @property
+    def renders(self) -> int:
+        """Answers to /metrics built so far (scrapes of one round share one per format)."""
+        return self._server.renderer.renders
+
+    @property
     def port(self) -> int:
         return self._server.port
 

@@ -42,8 +42,14 @@ def render(
 
 
 class Renderer:
-    """Renders a registry and remembers how long each kind of answer took to build, so
-    that a scrape can leave room for it within its timeout."""
+    """Renders a registry; shares one answer per kind among scrapes of the same state, and
+    remembers how long each kind of answer took to build, so that a scrape can leave room
+    for it within its timeout.
+
+    ``state`` is what the answer is made of (the poller's import mapping and last round,
+    which are replaced, never changed): scrapes that come with the same objects get the
+    same bytes, and simultaneous ones wait for a single render instead of each doing it.
+    """
 
     # How much of an estimate survives a faster render: it drops slowly, rises at once.
     _DECAY = 0.9
@@ -52,6 +58,9 @@ class Renderer:
         self._registry = registry
         self._lock = threading.Lock()
         self._seconds: dict[tuple[str, bool], float] = {}
+        self._kind_locks: dict[tuple[str, bool], threading.Lock] = {}
+        self._shared: dict[tuple[str, bool], tuple[tuple[object, ...], Exposition]] = {}
+        self.renders = 0  # answers built, for the tests and the benchmark
 
     def estimate(self, accept: str, accept_encoding: str) -> float:
         """Seconds the answer will take to build; the first time, measured by building it."""
@@ -60,20 +69,51 @@ class Renderer:
             known = self._seconds.get(kind)
         if known is not None:
             return known
-        self.render(accept, accept_encoding)
+        with self._kind_lock(kind):  # simultaneous first scrapes measure once
+            with self._lock:
+                known = self._seconds.get(kind)
+            if known is None:
+                self._build(accept, accept_encoding, [])
         with self._lock:
             return self._seconds[kind]
 
-    def render(self, accept: str, accept_encoding: str, names: Iterable[str] = ()) -> Exposition:
-        started = time.perf_counter()
+    def render(
+        self,
+        accept: str,
+        accept_encoding: str,
+        names: Iterable[str] = (),
+        state: tuple[object, ...] | None = None,
+    ) -> Exposition:
         wanted = [name for name in names if name]
+        if wanted or state is None:
+            return self._build(accept, accept_encoding, wanted)
+        kind = _kind(accept, accept_encoding)
+        with self._kind_lock(kind):
+            shared = self._shared.get(kind)
+            if shared is not None and _same(shared[0], state):
+                return shared[1]
+            answer = self._build(accept, accept_encoding, wanted)
+            self._shared[kind] = (state, answer)
+            return answer
+
+    def _kind_lock(self, kind: tuple[str, bool]) -> threading.Lock:
+        with self._lock:
+            return self._kind_locks.setdefault(kind, threading.Lock())
+
+    def _build(self, accept: str, accept_encoding: str, wanted: list[str]) -> Exposition:
+        started = time.perf_counter()
         answer = render(self._registry, accept, accept_encoding, wanted)
         seconds = time.perf_counter() - started
-        if not wanted:  # a filtered answer says little about a full one
-            kind = _kind(accept, accept_encoding)
-            with self._lock:
+        with self._lock:
+            self.renders += 1
+            if not wanted:  # a filtered answer says little about a full one
+                kind = _kind(accept, accept_encoding)
                 self._seconds[kind] = max(seconds, self._DECAY * self._seconds.get(kind, 0.0))
         return answer
+
+
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _kind(accept: str, accept_encoding: str) -> tuple[str, bool]:

@@ -282,7 +282,10 @@ class _Handler(BaseHTTPRequestHandler):
         timeout = scrape_timeout(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
         render_seconds = renderer.estimate(accept, encoding)
         site.poll(poll_budget(timeout, time.monotonic() - self.received, render_seconds))
-        return renderer.render(accept, encoding, names)
+        snapshot = site.snapshot()
+        # Scrapes answered from the same round share one rendered answer.
+        state = (snapshot.imports, snapshot.last_round)
+        return renderer.render(accept, encoding, names, state)
 
     def _send(
         self,

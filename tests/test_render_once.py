@@ -1,0 +1,71 @@
+"""Scrapes answered from the same poll round share one rendered answer per format."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+
+from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
+from tests.conftest import ExporterFor
+from tests.support import Scrape
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+def get(url: str, accept: str = "text/plain") -> tuple[str, bytes]:
+    request = urllib.request.Request(url + "/metrics", headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.headers["Content-Type"], answer.read()
+
+
+def test_twenty_simultaneous_scrapes_of_one_round_cost_one_render_and_get_the_same_bytes(
+    simulator: Simulator, exporter_for: ExporterFor
+) -> None:
+    simulator.add_import(ScriptedImport("1001", (Step("IN_PROGRESS"),)))
+    # Within the minimum interval every scrape is answered from the start-up round.
+    exporter = exporter_for(simulator.url, ["1001"], min_poll_interval="1h")
+    before = exporter.renders
+    bodies: list[bytes] = []
+    lock = threading.Lock()
+
+    def scrape() -> None:
+        body = get(exporter.url)[1]
+        with lock:
+            bodies.append(body)
+
+    threads = [threading.Thread(target=scrape) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(bodies) == 20
+    assert len(set(bodies)) == 1
+    # The first scrape of a format may also render once to learn how long it takes.
+    assert exporter.renders - before <= 2
+    assert Scrape(bodies[0].decode()).current_status("1001") == "IN_PROGRESS"
+
+
+def test_each_format_is_rendered_for_itself_and_a_new_round_renders_anew(
+    simulator: Simulator, exporter_for: ExporterFor
+) -> None:
+    steps = (Step("WAITING", queries=1), Step("SUCCESS"))
+    simulator.add_import(ScriptedImport("1001", steps))
+    exporter = exporter_for(simulator.url, ["1001"])  # every scrape polls
+
+    text_type, text = get(exporter.url)
+    om_type, openmetrics = get(exporter.url, OPENMETRICS)
+    assert text_type.startswith("text/plain")
+    assert om_type.startswith("application/openmetrics-text")
+    assert openmetrics.endswith(b"# EOF\n")
+    assert not text.endswith(b"# EOF\n")
+    # The round of the first scrape saw SUCCESS; the start-up round saw WAITING.
+    assert Scrape(text.decode()).current_status("1001") == "SUCCESS"
+
+    simulator.add_import(ScriptedImport("1001", (Step("FAILURE", message="late"),)))
+    # A final status is not asked again: the next rounds change nothing about 1001,
+    # but each round is a new state, so its answer is built anew (its poll duration).
+    renders = exporter.renders
+    get(exporter.url)
+    get(exporter.url)
+    assert exporter.renders - renders == 2
