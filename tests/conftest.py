@@ -103,6 +103,18 @@ class ExporterProcess:
     def stop(self) -> int:
         return stop_process(self.process)
 
+    def assert_setup_error(self, *named: str, timeout: float = 15.0) -> None:
+        """The process ends by itself with exit status 2, naming each of ``named``."""
+        try:
+            returncode = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the exporter kept running; expected exit 2 naming {named}")
+        stderr = self.stderr()
+        assert returncode == 2, stderr
+        for name in named:
+            assert name in stderr
+        assert "Traceback" not in stderr
+
 
 ExporterProcessFor = Callable[..., ExporterProcess]
 

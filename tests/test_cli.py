@@ -325,14 +325,7 @@ def test_a_listen_address_in_use_exits_2_naming_the_address(
             env={"ELEVATE_API_KEY": SIM_KEY},
             wait=False,
         )
-        try:
-            returncode = proc.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the exporter kept running although {address} is taken")
-    stderr = proc.stderr()
-    assert returncode == 2, stderr
-    assert address in stderr
-    assert "Traceback" not in stderr
+        proc.assert_setup_error(address)
 
 
 def test_a_stop_signal_is_obeyed_promptly_even_while_a_scrape_waits_for_elevate(

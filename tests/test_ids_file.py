@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -233,11 +232,4 @@ def test_an_unreadable_ids_file_at_start_up_exits_2_naming_it(
         env={"ELEVATE_API_KEY": SIM_KEY},
         wait=False,
     )
-    try:
-        returncode = proc.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the exporter started although its ids file cannot be read")
-    stderr = proc.stderr()
-    assert returncode == 2, stderr
-    assert str(path) in stderr
-    assert "Traceback" not in stderr
+    proc.assert_setup_error(str(path))

@@ -199,14 +199,7 @@ def test_run_with_a_second_address_in_use_exits_2_naming_it(
             env={"ELEVATE_API_KEY": SIM_KEY},
             wait=False,
         )
-        try:
-            returncode = proc.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the exporter kept running although {address} is taken")
-    stderr = proc.stderr()
-    assert returncode == 2, stderr
-    assert address in stderr
-    assert "Traceback" not in stderr
+        proc.assert_setup_error(address)
 
 
 def test_the_variable_takes_a_comma_separated_list_of_addresses(
