@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,24 @@ def test_an_id_that_is_not_a_number_is_skipped_from_the_ids_file_with_a_warning(
     assert "decimal digits" in warning
     # The same file is good for Web API v2, whose ids may hold letters.
     assert IdsFile(path).current() == (ID, "import-7", "0042")
+
+
+def test_a_reason_that_echoes_the_key_escaped_or_cuts_an_emoji_leaves_neither_in_the_metrics(
+    httpserver: HTTPServer, elevate: Callable[..., Exporter]
+) -> None:
+    escaped = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    data = b'{"id": %s, "reason": "key %s at \\ud83d", "status": "FAILURE"}' % (
+        ID.encode(),
+        escaped.encode(),
+    )
+    serve(httpserver, V4, data)
+    exporter = elevate()
+    with urllib.request.urlopen(exporter.url + "/metrics", timeout=30) as answer:
+        text = answer.read().decode("utf-8")
+    with urllib.request.urlopen(exporter.url + "/", timeout=30) as page:
+        html = page.read().decode("utf-8")
+    assert KEY not in text
+    assert KEY not in html
+    result = scrape(exporter.url)
+    assert result.current_status(ID) == "FAILURE"
+    assert result.value("elevate_import_info", id=ID, type="", message="key <redacted> at \ufffd")

@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
     "api.web_v2": 2,
     "api.admin": 2,
     "api.body": 2,
-    "tls": 1,
+    "tls": 2,
     "config": 2,
     "transport": 1,
     "sources": 1,
@@ -51,7 +51,8 @@ LAYERS: dict[str, int] = {
     "workers": 0,
     "deadline": 0,
     "auth": 0,
-    "webconfig": 0,
+    "webconfig": 1,
+    "files": 0,
     "handshake": 0,
     "listeners": 0,
 }

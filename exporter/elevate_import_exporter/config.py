@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from elevate_import_exporter.files import UnreadableFile, read_text_file
 from elevate_import_exporter.logs import LOG_FORMATS, LOG_LEVELS
 from elevate_import_exporter.model import API_FLAVOURS, id_rule
 
@@ -29,6 +30,8 @@ MAX_RETRIES = 10
 MAX_TIMEOUT = 300.0
 MAX_MIN_POLL_INTERVAL = 24 * 3600.0
 MAX_TRACKED_LIMIT = 1_000_000
+# An API key is tens of characters; a larger file is not a key file.
+MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 class ConfigError(ValueError):
@@ -166,10 +169,9 @@ def _api_key(from_env: str | None, path: str | None) -> Secret:
 def read_key_file(path: str | Path) -> str:
     """The key in a file, without its trailing line break; :class:`ConfigError` if unreadable."""
     try:
-        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f"cannot read the API key file {path}: {reason}") from None
+        return read_text_file(Path(path), MAX_KEY_FILE_BYTES)[1].rstrip("\r\n")
+    except UnreadableFile as exc:
+        raise ConfigError(f"cannot read the API key file {path}: {exc}") from None
 
 
 def check_key(key: str, where: str) -> str:

@@ -9,13 +9,18 @@ eat the exporter's memory.
 from __future__ import annotations
 
 import logging
-import os
-import stat as stat_kind
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from elevate_import_exporter.files import (
+    Signature,
+    UnreadableFile,
+    path_signature,
+    read_text_file,
+    why,
+)
 from elevate_import_exporter.model import ID_RULE, is_valid_import_id
 
 log = logging.getLogger(__name__)
@@ -28,27 +33,9 @@ MAX_IDS_FILE_BYTES = 16 * 1024 * 1024
 # line of a file that is not an ids file at all.
 BAD_LINES_WARNED = 20
 
-# Non-blocking: opening a named pipe for reading would wait for a writer. Without
-# a controlling terminal: a tty named as the ids file must not become ours.
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-_KINDS = (
-    (stat_kind.S_ISDIR, "a directory"),
-    (stat_kind.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat_kind.S_ISCHR, "a character device"),
-    (stat_kind.S_ISBLK, "a block device"),
-    (stat_kind.S_ISSOCK, "a socket"),
-)
-
-Signature = tuple[int, int, int, int]
-
 
 class IdsFileError(Exception):
     """The ids file could not be read at all."""
-
-
-class _Unreadable(Exception):
-    """Why the file was not read, in words for a log line."""
 
 
 @dataclass(frozen=True)
@@ -74,33 +61,8 @@ def parse_ids(
     return list(ids), bad
 
 
-def _signature(stat: os.stat_result) -> Signature:
-    # Inode and device catch a file replaced by rename (how editors and Kubernetes
-    # ConfigMaps update files); size and mtime catch edits in place.
-    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
 def _read(path: Path) -> tuple[Signature, str]:
-    """The signature and text of the regular file at ``path``; :class:`_Unreadable` if none."""
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        raise _Unreadable(_why(exc)) from exc
-    try:
-        with os.fdopen(fd, "rb") as file:
-            # The descriptor, not the path: the file may be swapped between two calls.
-            stat = os.fstat(fd)
-            if not stat_kind.S_ISREG(stat.st_mode):
-                raise _Unreadable(f"it is {_kind(stat.st_mode)}, not a regular file")
-            data = file.read(MAX_IDS_FILE_BYTES + 1)
-    except OSError as exc:
-        raise _Unreadable(_why(exc)) from exc
-    if len(data) > MAX_IDS_FILE_BYTES:
-        raise _Unreadable(f"it is larger than {MAX_IDS_FILE_BYTES // (1024 * 1024)} MiB")
-    try:
-        return _signature(stat), data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _Unreadable(f"it is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    return read_text_file(path, MAX_IDS_FILE_BYTES)
 
 
 class IdsFile:
@@ -130,7 +92,7 @@ class IdsFile:
         self._broken: str | None = None  # why the latest read failed
         try:
             signature, text = _read(path)
-        except _Unreadable as exc:
+        except UnreadableFile as exc:
             raise IdsFileError(f"cannot read the ids file {path}: {exc}") from None
         self._apply(text, signature)
 
@@ -147,11 +109,11 @@ class IdsFile:
 
     def _refresh(self) -> None:
         try:
-            if _signature(self.path.stat()) == self._signature:
+            if path_signature(self.path) == self._signature:
                 return
             signature, text = _read(self.path)
-        except (OSError, _Unreadable) as exc:
-            self._failed(_why(exc))
+        except (OSError, UnreadableFile) as exc:
+            self._failed(why(exc))
             return
         if self._broken is not None:
             log.info("the ids file %s is readable again", self.path)
@@ -203,13 +165,3 @@ class IdsFile:
                 len(bad) - BAD_LINES_WARNED,
                 self.path,
             )
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "an unusual kind of file")
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)

@@ -31,7 +31,12 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from elevate_import_exporter.webconfig import TlsServerConfig, WebConfigError
+from elevate_import_exporter.files import UnreadableFile, path_signature, read_text_file
+from elevate_import_exporter.webconfig import (
+    MAX_PEM_BYTES,
+    TlsServerConfig,
+    WebConfigError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +120,14 @@ def _load_certificate(context: ssl.SSLContext, config: TlsServerConfig) -> None:
     if config.key_file is None and config.key is None:
         raise _refuse("key_file", "missing one of key or key_file")
     key_name = "key_file" if config.key_file else "key"
-    with (
-        _as_file(config.cert_file, config.cert) as cert,
-        _as_file(config.key_file, config.key) as key,
-    ):
-        try:
+    try:
+        with (
+            _as_file(config.cert_file, config.cert) as cert,
+            _as_file(config.key_file, config.key) as key,
+        ):
             context.load_cert_chain(cert, key, password=_no_password)
-        except (OSError, ssl.SSLError, _EncryptedKey) as exc:
-            raise _refuse(key_name, f"cannot load certificate and key: {_reason(exc)}") from None
+    except (OSError, ssl.SSLError, _EncryptedKey) as exc:
+        raise _refuse(key_name, f"cannot load certificate and key: {_reason(exc)}") from None
 
 
 class _EncryptedKey(Exception):
@@ -139,6 +144,10 @@ def _no_password() -> bytes:
 def _as_file(path: Path | None, pem: str | None) -> Iterator[str]:
     """``path``, or inline ``pem`` in a private temporary file (``ssl`` loads only files)."""
     if path is not None:
+        # Checked here, without blocking, before OpenSSL opens it: a file swapped for a
+        # named pipe must not stall the accept loop. (No copy in a temporary file: the
+        # container runs with a read-only root, and /tmp may not be writable.)
+        read_pem(path)
         yield str(path)
         return
     fd, name = tempfile.mkstemp(suffix=".pem")  # mode 0600: the key must not leak
@@ -174,7 +183,7 @@ def _set_client_auth(context: ssl.SSLContext, config: TlsServerConfig) -> None:
         return
     try:
         if config.client_ca_file is not None:
-            context.load_verify_locations(cafile=str(config.client_ca_file))
+            context.load_verify_locations(cadata=read_pem(config.client_ca_file))
         elif config.client_ca is not None:
             context.load_verify_locations(cadata=config.client_ca)
         else:  # as Go does without ClientCAs: the system's roots
@@ -302,10 +311,12 @@ def _signature(config: TlsServerConfig) -> Signature:
 
 
 def _stat(path: Path | None) -> tuple[int, ...] | None:
-    if path is None:
-        return None
+    return None if path is None else path_signature(path)
+
+
+def read_pem(path: Path) -> str:
+    """A PEM file's text, read as any outside file is (regular files only, never blocking)."""
     try:
-        found = path.stat()
-    except OSError:
-        return None
-    return (found.st_mtime_ns, found.st_size, found.st_ino, found.st_dev)
+        return read_text_file(path, MAX_PEM_BYTES)[1]
+    except UnreadableFile as exc:
+        raise OSError(f"cannot read {path}: {exc}") from None

@@ -18,6 +18,13 @@ from typing import Any
 
 import yaml
 
+from elevate_import_exporter.files import (
+    UnreadableFile,
+    path_signature,
+    read_regular_file,
+    read_text_file,
+)
+
 log = logging.getLogger(__name__)
 
 CLIENT_AUTH_TYPES = (
@@ -25,6 +32,10 @@ CLIENT_AUTH_TYPES = (
     "RequireAndVerifyClientCert",
 )  # fmt: skip
 TLS_VERSIONS = ("TLS10", "TLS11", "TLS12", "TLS13")
+# A web config is a few lines; a PEM file a few kilobytes (a long chain, a big CA bundle
+# stays far below). Anything larger is not what it claims to be.
+MAX_WEB_CONFIG_BYTES = 1024 * 1024
+MAX_PEM_BYTES = 4 * 1024 * 1024
 # The names Go's tls.CipherSuites() knows, which is what the toolkit accepts; whether
 # Python's ssl can honour one is for the code that builds the SSL context to say.
 CIPHER_SUITES = (
@@ -110,10 +121,9 @@ class WebConfig:
 def load_web_config(path: Path) -> WebConfig:
     """The web config in ``path``, checked; :class:`WebConfigError` names file and key."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise WebConfigError(f"web config {path}: cannot read it: {reason}") from None
+        _found, text = read_text_file(path, MAX_WEB_CONFIG_BYTES)
+    except UnreadableFile as exc:
+        raise WebConfigError(f"web config {path}: cannot read it: {exc}") from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -259,10 +269,9 @@ class _Section:
             return None
         path = self.path.parent / text  # relative to the file, as in the toolkit
         try:
-            with path.open("rb") as stream:
-                stream.read(1)
-        except OSError as exc:
-            raise self.fail(name, f"cannot read {path}: {exc.strerror or exc}") from None
+            read_regular_file(path, MAX_PEM_BYTES)
+        except UnreadableFile as exc:
+            raise self.fail(name, f"cannot read {path}: {exc}") from None
         return path
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
@@ -304,15 +313,6 @@ def _kind(value: object) -> str:
     return kinds.get(type(value), f"a {type(value).__name__}")
 
 
-def _signature(path: Path) -> tuple[int, ...] | None:
-    """What the file looked like: it changed if any of these did."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_dev)
-
-
 class WebConfigWatcher:
     """The current web config of ``path``: re-read when the file changes (looked at no more
     than every ``check_interval`` seconds) or on :meth:`reload`; a file that turns bad keeps
@@ -323,7 +323,7 @@ class WebConfigWatcher:
         self.path = path
         self._check_interval = check_interval
         self._lock = threading.Lock()
-        self._signature = _signature(path)
+        self._signature = path_signature(path)
         self._config = load_web_config(path)
         self._checked = time.monotonic()
         self._bad = False
@@ -342,7 +342,7 @@ class WebConfigWatcher:
 
     def _refresh(self, *, force: bool) -> None:
         self._checked = time.monotonic()
-        signature = _signature(self.path)
+        signature = path_signature(self.path)
         if signature == self._signature and not force:
             return
         self._signature = signature
