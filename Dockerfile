@@ -42,7 +42,7 @@ RUN python -m pip --python /build/bin/python wheel --no-cache-dir --no-build-iso
 FROM python:3.12-slim
 
 # Keep in step with exporter/elevate_import_exporter/__init__.py (the test suite checks that it is).
-ARG VERSION=0.2.0
+ARG VERSION=0.3.0
 
 LABEL org.opencontainers.image.title="elevate-import-exporter" \
       org.opencontainers.image.description="Prometheus exporter for the status of Voyado Elevate (Apptus eSales) background imports" \
@@ -62,7 +62,13 @@ COPY --from=build /venv /venv
 
 ENV PATH="/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    ELEVATE_EXPORTER_STORAGE_PATH=/data/elevate-import-exporter.db
+
+# The store (tracked imports and their history) lives in a volume, so it outlives the
+# container; owned by the exporter's user, since a named volume takes this folder's owner.
+RUN mkdir /data && chown 10001:10001 /data && chmod 0700 /data
+VOLUME ["/data"]
 
 USER 10001:10001
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import socket
 import ssl
@@ -23,12 +24,18 @@ from typing import Self
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
 FIRST_GENERATED_ID = 7_000_000_000_000_000_000
+FIRST_LIVE_ID = 8_000_000_000_000_000_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def generated_ids(n: int) -> list[str]:
     """The ids ``simulate --generate-imports`` serves, in order."""
     return [str(FIRST_GENERATED_ID + i) for i in range(n)]
+
+
+def live_ids(n: int) -> list[str]:
+    """Ids the simulator answers IN_PROGRESS for ever when started with ``live=n``."""
+    return [str(FIRST_LIVE_ID + i) for i in range(n)]
 
 
 def free_port() -> int:
@@ -189,14 +196,25 @@ class Child:
 
 
 class SimulatorProcess(Child):
-    """The ``simulate`` command with generated imports that hold one status."""
+    """The ``simulate`` command with generated imports that hold one status, and ``live``
+    more (ids from :func:`live_ids`) that stay IN_PROGRESS."""
 
-    def __init__(self, imports: int, status: str, latency: float, logs: Path) -> None:
+    def __init__(
+        self, imports: int, status: str, latency: float, logs: Path, *, live: int = 0
+    ) -> None:
         port = free_port()
+        scenario: list[str] = []
+        if live:
+            logs.mkdir(parents=True, exist_ok=True)
+            path = logs / f"live-{live}.json"
+            steps = [{"status": "IN_PROGRESS"}]
+            path.write_text(json.dumps([{"id": i, "steps": steps} for i in live_ids(live)]))
+            scenario = ["--scenario", str(path)]
         super().__init__(
-            f"simulator-{imports}-{status}-{latency:g}s",
+            f"simulator-{imports}-{status}{f'-{live}live' if live else ''}-{latency:g}s",
             [
                 "simulate",
+                *scenario,
                 "--web.listen-address",
                 f"127.0.0.1:{port}",
                 "--generate-imports",
@@ -219,8 +237,6 @@ class SimulatorProcess(Child):
         return f"http://127.0.0.1:{self.port}"
 
     def requests_total(self) -> int:
-        import json
-
         answer = http_get(self.port, "/-/sim/stats", timeout=10.0)
         total: int = json.loads(answer.body)["requests_total"]
         return total
@@ -269,6 +285,10 @@ class ExporterProcess(Child):
                 f"127.0.0.1:{port}",
                 "--log.level",
                 "warning",
+                # In memory: the default file under the working directory would be shared
+                # by every exporter of the run, and by the next run.
+                "--storage.path",
+                "",
                 *extra_args,
             ],
             port,

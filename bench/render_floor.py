@@ -18,7 +18,10 @@ from prometheus_client.registry import Collector
 STATUSES = ("NOT_FOUND", "WAITING", "BLOCKED", "IN_PROGRESS", "SUCCESS", "FAILURE", "ABORTED")
 
 
-def registry_of_finished(ids: list[str], status: str = "SUCCESS") -> CollectorRegistry:
+def registry_of_finished(
+    ids: list[str], status: str = "SUCCESS", live: list[str] | None = None
+) -> CollectorRegistry:
+    """Gauges of ``ids`` with ``status``, and of ``live`` ids IN_PROGRESS."""
     registry = CollectorRegistry()
     prefix = "elevate_import_"
     status_gauge = Gauge(prefix + "status", "s", ["id", "type", "status"], registry=registry)
@@ -27,10 +30,11 @@ def registry_of_finished(ids: list[str], status: str = "SUCCESS") -> CollectorRe
     changed = Gauge(prefix + "last_status_change_timestamp_seconds", "c", ["id"], registry=registry)
     success = Gauge(prefix + "poll_success", "p", ["id"], registry=registry)
     now = time.time()
-    for import_id in ids:
+    current = dict.fromkeys(ids, status) | dict.fromkeys(live or (), "IN_PROGRESS")
+    for import_id, held in current.items():
         for documented in STATUSES:
             status_gauge.labels(import_id, "PRODUCTS", documented).set(
-                1.0 if documented == status else 0.0
+                1.0 if documented == held else 0.0
             )
         info.labels(import_id, "PRODUCTS", "").set(1.0)
         first_seen.labels(import_id).set(now)
@@ -54,11 +58,11 @@ def registry_of_families(source: CollectorRegistry) -> CollectorRegistry:
     return registry
 
 
-def render_once(registry: CollectorRegistry) -> tuple[float, int]:
-    """Seconds of one ``generate_latest`` and the size of its output."""
-    started = time.perf_counter()
+def render_once(registry: CollectorRegistry) -> tuple[float, float, int]:
+    """Seconds and CPU seconds of one ``generate_latest``, and the size of its output."""
+    started, cpu = time.perf_counter(), time.process_time()
     body = generate_latest(registry)
-    return time.perf_counter() - started, len(body)
+    return time.perf_counter() - started, time.process_time() - cpu, len(body)
 
 
 def main() -> None:
@@ -71,19 +75,26 @@ def main() -> None:
     import json
     import sys
 
-    from procs import generated_ids
+    from procs import generated_ids, live_ids
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--imports", type=int, required=True)
+    parser.add_argument("--live", type=int, default=0)
     args = parser.parse_args()
-    gauges = registry_of_finished(generated_ids(args.imports))
+    gauges = registry_of_finished(generated_ids(args.imports), live=live_ids(args.live))
     families = registry_of_families(gauges)
     generate_latest(gauges)  # warm-up, as the exporter's timed scrapes follow earlier ones
     print(json.dumps({"ready": True}), flush=True)
     for _line in sys.stdin:
-        seconds, size = render_once(gauges)
-        formatting, _ = render_once(families)
-        answer = {"seconds": seconds, "bytes": size, "formatting_seconds": formatting}
+        seconds, cpu, size = render_once(gauges)
+        formatting, formatting_cpu, _ = render_once(families)
+        answer = {
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "bytes": size,
+            "formatting_seconds": formatting,
+            "formatting_cpu_seconds": formatting_cpu,
+        }
         print(json.dumps(answer), flush=True)
 
 

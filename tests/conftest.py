@@ -21,11 +21,21 @@ import pytest
 from elevate_import_exporter.app import Application as Exporter
 from elevate_import_exporter.config import LOG_OPTIONS, RUN_OPTIONS
 from elevate_import_exporter.simulator import Simulator
-from tests.support import Exporters, free_port, stop_process, wait_until
+from tests.support import Exporters, free_port, fresh_store_path, stop_process, wait_until
 
 SIM_KEY = "sim-key"
 REPO = Path(__file__).resolve().parent.parent
 
+# track's: where the exporter is, and how to show who is registering.
+TRACK_VARIABLES = (
+    "ELEVATE_EXPORTER_URL",
+    "ELEVATE_EXPORTER_USERNAME",
+    "ELEVATE_EXPORTER_PASSWORD",
+    "ELEVATE_EXPORTER_PASSWORD_FILE",
+    "ELEVATE_EXPORTER_CA_FILE",
+    "ELEVATE_EXPORTER_CERT_FILE",
+    "ELEVATE_EXPORTER_KEY_FILE",
+)
 # Every environment variable the exporter reads: a test starts from none of them,
 # whatever the shell that runs pytest has set. Taken from the option table, so a new
 # option is covered the day it is added; plus the key, which no flag takes, and the
@@ -34,6 +44,7 @@ EXPORTER_ENV = (
     *(option.env for option in (*RUN_OPTIONS, *LOG_OPTIONS)),
     "ELEVATE_API_KEY",
     "ELEVATE_SIMULATOR_LISTEN_ADDRESS",
+    *TRACK_VARIABLES,
 )
 
 ExporterFor = Callable[..., Exporter]
@@ -64,8 +75,13 @@ def exporter_for() -> Iterator[ExporterFor]:
 
 
 def exporter_env(**overrides: str) -> dict[str, str]:
-    """The test process' environment without any exporter variable, plus ``overrides``."""
+    """The test process' environment without any exporter variable, plus ``overrides``.
+
+    Each call gets a store of its own in a new temporary folder (unless ``overrides``
+    names one): exporters started side by side must not find each other's lock.
+    """
     env = {k: v for k, v in os.environ.items() if k not in EXPORTER_ENV}
+    env["ELEVATE_EXPORTER_STORAGE_PATH"] = fresh_store_path()
     env.update(overrides)
     return env
 

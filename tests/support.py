@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from elevate_import_exporter.poller import Snapshot
 
 T = TypeVar("T")
 
@@ -126,6 +133,8 @@ class Exporters:
         options.setdefault("listen_address", "127.0.0.1:0")
         # Every scrape polls, unless a test is about the minimum interval.
         options.setdefault("min_poll_interval", "0s")
+        # In memory unless a test is about the store.
+        options.setdefault("storage_path", "")
         exporter = Application(load_settings(base_url=base_url, import_ids=list(ids), **options))
         self._started.append(exporter)
         exporter.start()
@@ -170,3 +179,65 @@ def ids_in_every_series(text: str) -> set[str]:
         for sample in family.samples
         if "id" in sample.labels
     }
+
+
+# The stores of the exporters the tests start, removed when the tests end.
+_STORES = tempfile.mkdtemp(prefix="elevate-stores-")
+atexit.register(shutil.rmtree, _STORES, ignore_errors=True)
+
+
+def fresh_store_path() -> str:
+    """A path for an exporter's store in a folder of its own, not yet created."""
+    return str(Path(tempfile.mkdtemp(prefix="store-", dir=_STORES)) / "elevate-import-exporter.db")
+
+
+class BareSite:
+    """The smallest site an HttpServer serves: an empty registry, nothing to poll, and a
+    real catalog on an in-memory store. Tests subclass it for what they watch."""
+
+    telemetry_path = "/metrics"
+    registration_enabled = False
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from elevate_import_exporter.catalog import Catalog
+        from elevate_import_exporter.config import load_settings
+        from elevate_import_exporter.store import Store
+
+        self.registry = CollectorRegistry()
+        self.settings = load_settings(base_url="http://127.0.0.1:9", api_key="k", storage_path="")
+        self.store = Store.open(None)
+        self.catalog = Catalog.load(
+            self.store, retention=86400.0, history=86400.0, max_registered=10_000
+        )
+
+    def poll(self, budget: float) -> None:
+        pass
+
+    def snapshot(self) -> Snapshot:
+        from elevate_import_exporter.poller import Snapshot
+
+        return Snapshot({}, None)
+
+    def is_ready(self) -> bool:
+        return True
+
+
+def finishes(call: Callable[[], object], timeout: float = 10.0) -> BaseException | None:
+    """Run ``call`` in a thread; fail if it is still blocked after ``timeout`` seconds."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"still blocked after {timeout} s")
+    return outcome[0]

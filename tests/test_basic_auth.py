@@ -11,16 +11,16 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Gauge
 
 from elevate_import_exporter import web
 from elevate_import_exporter.auth import BasicAuth, parse_basic
-from elevate_import_exporter.poller import Snapshot
 from elevate_import_exporter.webconfig import (
     HttpServerConfig,
     WebConfig,
     WebConfigWatcher,
 )
+from tests.support import BareSite
 
 ALICE = bcrypt.hashpw(b"alice's secret", bcrypt.gensalt(rounds=4)).decode()
 BOB = bcrypt.hashpw("bøb's sécret".encode(), bcrypt.gensalt(rounds=5)).decode()
@@ -114,21 +114,10 @@ def test_no_users_means_no_one_passes_the_check() -> None:
 # -- on the server -------------------------------------------------------------------------
 
 
-class Site:
-    telemetry_path = "/metrics"
-
+class Site(BareSite):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         Gauge("auth_test_up", "Always 1.", registry=self.registry).set(1)
-
-    def poll(self, budget: float) -> None:
-        pass
-
-    def snapshot(self) -> Snapshot:
-        return Snapshot({}, None)
-
-    def is_ready(self) -> bool:
-        return True
 
 
 class Served:

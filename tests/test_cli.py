@@ -26,7 +26,7 @@ from elevate_import_exporter.cli import cli
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from elevate_import_exporter.web import DRAIN_SECONDS
 from tests.conftest import EXPORTER_ENV, SIM_KEY, ExporterProcess, ExporterProcessFor
-from tests.support import Scrape, free_port, wait_until
+from tests.support import Scrape, free_port, fresh_store_path, wait_until
 
 # What pip installed, not the package's own constant: the two must agree.
 INSTALLED_VERSION = importlib.metadata.version("elevate-import-exporter")
@@ -55,6 +55,7 @@ NOWHERE = "http://127.0.0.1:9"
 def invoke(args: list[str], **env: str) -> Result:
     """``cli`` in-process with only the exporter variables given here set."""
     environment: dict[str, str | None] = dict.fromkeys(EXPORTER_ENV)
+    environment["ELEVATE_EXPORTER_STORAGE_PATH"] = fresh_store_path()
     environment.update(env)
     return CliRunner().invoke(cli, args, env=environment)
 
@@ -247,7 +248,7 @@ def test_the_tests_clear_every_environment_variable_a_command_reads() -> None:
         for param in command.params
         for name in ([param.envvar] if isinstance(param.envvar, str) else param.envvar or [])
     }
-    assert read | {"ELEVATE_API_KEY"} == set(EXPORTER_ENV)
+    assert read | {"ELEVATE_API_KEY", "ELEVATE_EXPORTER_PASSWORD"} == set(EXPORTER_ENV)
 
 
 def test_the_exporter_runs_from_environment_variables_alone(

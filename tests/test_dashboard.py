@@ -26,7 +26,10 @@ from tests.support import need_tool
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD_PATH = REPO / "grafana" / "elevate-imports.json"
-README_URL = "https://github.com/elevate-import-exporter/elevate-import-exporter#readme"
+# The links start with deploy/generate.py's default base URL, which an operator replaces.
+BASE_URL = "https://github.com/elevate-import-exporter/elevate-import-exporter/blob/main"
+README_URL = f"{BASE_URL}/README.md"
+RUNBOOK_URL = f"{BASE_URL}/docs/runbook.md"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 STATUSES = ("NOT_FOUND", "WAITING", "BLOCKED", "IN_PROGRESS", "SUCCESS", "FAILURE", "ABORTED")
@@ -63,7 +66,17 @@ PARSE_VALUES = {
     "type": ".*",
     "id": ".+",
     "__rate_interval": "1m",
+    "__range": "6h",
 }
+# Ranges a query may use: the rate interval in rate() and friends, the dashboard's range
+# (optionally as a subquery at a fixed resolution) in *_over_time.
+RATE_RANGES = frozenset({"$__rate_interval"})
+OVER_TIME_RANGES = frozenset({"$__range", "$__range:1m"})
+
+CURRENT_TABLE = "Current status per import"
+FAILED_TABLE = "Failed and aborted imports in the selected range"
+AGE_PANEL = "Age of unfinished imports"
+ALERTS_PATH = REPO / "prometheus" / "alerts.yml"
 
 
 # -- reading PromQL ----------------------------------------------------------------------
@@ -248,6 +261,11 @@ def panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])  # panels inside collapsed rows
 
 
+def panel_titled(dashboard: Mapping[str, Any], title: str) -> dict[str, Any]:
+    (found,) = [p for p in panels(dashboard) if p["title"] == title]
+    return found
+
+
 def panel_queries(dashboard: Mapping[str, Any]) -> list[Query]:
     return [
         Query(f"panel {p['title']!r} target {t['refId']}", t["expr"], bool(t.get("instant")))
@@ -315,8 +333,10 @@ def test_the_dashboard_is_classic_json_with_a_fixed_uid_for_grafana_10_4(
     assert {"elevate", "elevate-import-exporter"} <= set(dashboard["tags"])
 
 
-def test_the_dashboard_links_to_the_project_readme(dashboard: dict[str, Any]) -> None:
-    assert README_URL in [link["url"] for link in dashboard["links"]]
+def test_the_dashboard_links_to_the_runbook_and_the_readme(dashboard: dict[str, Any]) -> None:
+    assert [link["url"] for link in dashboard["links"]] == [RUNBOOK_URL, README_URL]
+    assert (REPO / "docs" / "runbook.md").is_file()
+    assert (REPO / "README.md").is_file()
 
 
 def test_the_datasource_variable_offers_prometheus_data_sources(dashboard: dict[str, Any]) -> None:
@@ -401,9 +421,12 @@ def test_the_panels_the_issue_asks_for_are_there(dashboard: dict[str, Any]) -> N
     exprs = " ".join(q.expr for q in panel_queries(dashboard))
     assert any("elevate_import_status" in q["expr"] for p in by_type["stat"] for q in p["targets"])
     assert any(
-        "elevate_import_tracked_imports" in q["expr"] for p in by_type["stat"] for q in p["targets"]
+        "elevate_import_first_seen_timestamp_seconds" in q["expr"]
+        for p in by_type["stat"]
+        for q in p["targets"]
     )
-    (table,) = by_type["table"]
+    assert {p["title"] for p in by_type["table"]} == {CURRENT_TABLE, FAILED_TABLE}
+    table = panel_titled(dashboard, CURRENT_TABLE)
     assert "elevate_import_info" in table["targets"][0]["expr"]
     assert "elevate_import_last_status_change_timestamp_seconds" in table["targets"][0]["expr"]
     assert any(
@@ -415,6 +438,7 @@ def test_the_panels_the_issue_asks_for_are_there(dashboard: dict[str, Any]) -> N
         assert f"histogram_quantile({quantile}, " in exprs
     assert "elevate_import_up{" in exprs
     assert "elevate_import_scrape_duration_seconds{" in exprs
+    assert panel_titled(dashboard, AGE_PANEL)["type"] == "bargauge"
 
 
 def _override(panel: Mapping[str, Any], field: str, prop: str) -> Any:
@@ -438,7 +462,7 @@ def _mapped(mappings: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_the_table_lists_id_type_coloured_status_message_and_since_when(
     dashboard: dict[str, Any],
 ) -> None:
-    (table,) = [p for p in panels(dashboard) if p["type"] == "table"]
+    table = panel_titled(dashboard, CURRENT_TABLE)
     (target,) = table["targets"]
     assert target["format"] == "table"
     assert target["instant"] is True
@@ -453,6 +477,297 @@ def test_the_table_lists_id_type_coloured_status_message_and_since_when(
     assert _override(table, since, "unit") in {"dateTimeFromNow", "dateTimeAsIso"}
     # Grafana's date units take milliseconds, the exporter gives seconds.
     assert target["expr"].startswith("1000 * ")
+
+
+# -- the panels that look back: failed imports over the range, age of unfinished ones ------
+
+
+def test_the_failed_table_reads_failed_and_aborted_statuses_over_the_whole_range(
+    dashboard: dict[str, Any],
+) -> None:
+    table = panel_titled(dashboard, FAILED_TABLE)
+    assert table["type"] == "table"
+    assert [t["refId"] for t in table["targets"]] == ["A", "B"]
+    for target in table["targets"]:
+        assert (target["format"], target["instant"]) == ("table", True)
+        # Grafana's date units take milliseconds, the exporter gives seconds.
+        assert target["expr"].startswith("1000 * ")
+        reading = read_promql(target["expr"])
+        statuses = [s for s in reading.selectors if s.metric == "elevate_import_status"]
+        assert statuses
+        assert all(s.matchers["status"] == ("=~", "FAILURE|ABORTED") for s in statuses)
+        # The rows come from the whole range, not the instant: a retired import has no
+        # series at the instant, only samples in the past.
+        assert any(s.function == "max_over_time" and s.range == "$__range" for s in statuses)
+        assert "elevate_import_info" in {s.metric for s in reading.selectors}
+        assert "$__range:1m" in reading.ranges, "the message is looked up over the range too"
+        assert {"id", "type", "status", "message"} <= reading.grouping_labels
+    transformations = [t["id"] for t in table["transformations"]]
+    assert transformations == ["merge", "organize"], "A and B become one row per import"
+    organize = table["transformations"][1]["options"]
+    assert organize["renameByName"] == {"Value #A": "Last exported", "Value #B": "Ended"}
+    columns = sorted(organize["indexByName"], key=organize["indexByName"].__getitem__)
+    assert columns[:6] == ["id", "type", "status", "message", "Value #B", "Value #A"]
+    assert _override(table, "Ended", "unit") == "dateTimeAsIso"
+    assert _override(table, "Last exported", "unit") == "dateTimeFromNow"
+    colours = _mapped(_override(table, "status", "mappings"))
+    current = _mapped(_override(panel_titled(dashboard, CURRENT_TABLE), "status", "mappings"))
+    assert colours == {status: current[status] for status in ("FAILURE", "ABORTED")}
+    assert "retired" in table["description"]
+    assert "$__range" in table["description"]
+
+
+@pytest.mark.parametrize("title", [FAILED_TABLE, AGE_PANEL])
+def test_the_new_panels_honour_the_job_instance_type_and_id_variables(
+    dashboard: dict[str, Any], title: str
+) -> None:
+    for target in panel_titled(dashboard, title)["targets"]:
+        for selector in read_promql(target["expr"]).selectors:
+            expected = {"job": ("=~", "$job"), "instance": ("=~", "$instance")}
+            expected["id"] = ("=~", "$id")
+            if "type" in CONTRACT_LABELS[selector.metric]:
+                expected["type"] = ("=~", "$type")
+            assert expected.items() <= dict(selector.matchers).items(), (title, selector)
+
+
+def stuck_threshold() -> float:
+    """The seconds after which ElevateImportStuck fires, as the shipped rule says."""
+    rules = yaml.safe_load(ALERTS_PATH.read_text(encoding="utf-8"))["groups"][0]["rules"]
+    (stuck,) = [r for r in rules if r.get("alert") == "ElevateImportStuck"]
+    found = re.search(r"elevate_import_first_seen_timestamp_seconds\s*>\s*(\d+)", stuck["expr"])
+    assert found, stuck["expr"]
+    return float(found.group(1))
+
+
+def test_the_age_panel_counts_from_first_seen_for_imports_not_final_like_the_stuck_alert(
+    dashboard: dict[str, Any],
+) -> None:
+    age = panel_titled(dashboard, AGE_PANEL)
+    (target,) = age["targets"]
+    assert target["instant"] is True
+    selectors = {s.metric: s for s in read_promql(target["expr"]).selectors}
+    assert selectors["elevate_import_status"].matchers["status"] == (
+        "!~",
+        "SUCCESS|FAILURE|ABORTED",
+    )
+    assert "time() - elevate_import_first_seen_timestamp_seconds{" in target["expr"]
+    assert target["expr"].startswith("sort_desc("), "the oldest import first"
+    defaults = age["fieldConfig"]["defaults"]
+    assert defaults["unit"] == "dtdurations"
+    steps = defaults["thresholds"]["steps"]
+    assert steps[-1]["color"] == "red"
+    assert steps[-1]["value"] == stuck_threshold()
+
+
+# What the two panels answer, checked by Prometheus' own engine on made-up series
+# (promtool test rules): a 1-minute scrape interval, evaluated at minute 60.
+E2E_LABELS = 'job="elevate-import-exporter", instance="exporter:10025"'
+RANGE_VALUES = PARSE_VALUES | {"__range": "1h"}
+
+
+def series(metric: str, values: str, **labels: str) -> dict[str, str]:
+    """One input series; ``values`` in promtool's notation (``_xN``: N minutes without
+    a sample, ``vxN``: N+1 samples of v, ``stale``: the series left the scrape)."""
+    written = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{metric}{{{E2E_LABELS}, {written}}}", "values": values}
+
+
+def sample(value: float, **labels: str) -> dict[str, Any]:
+    written = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"labels": f"{{{E2E_LABELS}, {written}}}", "value": value}
+
+
+def promtool_evaluates(
+    input_series: list[dict[str, str]], cases: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Fail unless every case's expression gives exactly its samples (promtool test rules)."""
+    promtool = need_tool("promtool")
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": input_series, "promql_expr_test": cases}],
+    }
+    path = tmp_path / "panel_tests.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"{result.stdout}{result.stderr}"
+
+
+def failed_table_queries(dashboard: Mapping[str, Any], range_: str) -> tuple[str, str]:
+    values = RANGE_VALUES | {"__range": range_}
+    last_exported, ended = (
+        substitute(t["expr"], values) for t in panel_titled(dashboard, FAILED_TABLE)["targets"]
+    )
+    return last_exported, ended
+
+
+def test_the_failed_table_still_lists_an_import_whose_series_left_the_exporter(
+    dashboard: dict[str, Any], tmp_path: Path
+) -> None:
+    status, info = "elevate_import_status", "elevate_import_info"
+    change = "elevate_import_last_status_change_timestamp_seconds"
+    retired = {"id": "1002", "type": "PRODUCTS"}
+    live = {"id": "1004", "type": "ADS"}
+    ok = {"id": "1001", "type": "ADS"}
+    input_series = [
+        # 1002: in progress ("Queued") for 10 min, FAILURE ("Boom") from minute 10, retired
+        # (gone from the scrape) at minute 30.
+        series(status, "1x9 0x19 stale", **retired, status="IN_PROGRESS"),
+        series(status, "0x9 1x19 stale", **retired, status="FAILURE"),
+        series(status, "0x29 stale", **retired, status="ABORTED"),
+        series(info, "1x9 stale", **retired, message="Queued"),
+        series(info, "_x10 1x19 stale", **retired, message="Boom"),
+        series(change, "0x9 600x19 stale", id="1002"),
+        # 1004: tracked from minute 40, ABORTED from minute 50 and still exported.
+        series(status, "_x40 1x9 0x10", **live, status="IN_PROGRESS"),
+        series(status, "_x40 0x9 1x10", **live, status="ABORTED"),
+        series(status, "_x40 0x20", **live, status="FAILURE"),
+        series(info, "_x40 1x9 stale", **live, message="Running"),
+        series(info, "_x50 1x10", **live, message="Stopped by user"),
+        series(change, "_x40 2400x9 3000x10", id="1004"),
+        # 1001 succeeded: not listed.
+        series(status, "1x60", **ok, status="SUCCESS"),
+        series(status, "0x60", **ok, status="FAILURE"),
+        series(status, "0x60", **ok, status="ABORTED"),
+        series(info, "1x60", **ok, message="Done"),
+        series(change, "0x60", id="1001"),
+    ]
+    row_retired = {**retired, "status": "FAILURE", "message": "Boom"}
+    row_live = {**live, "status": "ABORTED", "message": "Stopped by user"}
+    last_exported, ended = failed_table_queries(dashboard, "1h")
+    recent_last_exported, _ = failed_table_queries(dashboard, "20m")
+    minute = 60_000  # ms
+    promtool_evaluates(
+        input_series,
+        [
+            # Last exported: the last scrape with the import (minute 29, or now), in ms.
+            {
+                "expr": last_exported,
+                "eval_time": "60m",
+                "exp_samples": [
+                    sample(29 * minute, **row_retired),
+                    sample(60 * minute, **row_live),
+                ],
+            },
+            # Ended: when the exporter saw the final status.
+            {
+                "expr": ended,
+                "eval_time": "60m",
+                "exp_samples": [
+                    sample(10 * minute, **row_retired),
+                    sample(50 * minute, **row_live),
+                ],
+            },
+            # A range that starts after 1002 was retired no longer lists it.
+            {
+                "expr": recent_last_exported,
+                "eval_time": "60m",
+                "exp_samples": [sample(60 * minute, **row_live)],
+            },
+        ],
+        tmp_path,
+    )
+
+
+def test_the_age_panel_shows_the_clock_of_each_unfinished_import(
+    dashboard: dict[str, Any], tmp_path: Path
+) -> None:
+    (target,) = panel_titled(dashboard, AGE_PANEL)["targets"]
+    status, first = "elevate_import_status", "elevate_import_first_seen_timestamp_seconds"
+    input_series = [
+        series(status, "_x20 1x40", id="1003", type="ADS", status="IN_PROGRESS"),
+        series(first, "_x20 1200x40", id="1003"),
+        # WAITING, then IN_PROGRESS: the clock runs on from first seen.
+        series(status, "1x29 0x30", id="1007", type="ADS", status="WAITING"),
+        series(status, "0x29 1x30", id="1007", type="ADS", status="IN_PROGRESS"),
+        series(first, "0x60", id="1007"),
+        series(status, "1x60", id="1005", type="ADS", status="NOT_FOUND"),
+        series(first, "0x60", id="1005"),
+        # Finished, and never answered: not listed.
+        series(status, "1x60", id="1001", type="ADS", status="SUCCESS"),
+        series(first, "0x60", id="1001"),
+        series(first, "0x60", id="1006"),
+    ]
+    promtool_evaluates(
+        input_series,
+        [
+            {
+                "expr": substitute(target["expr"], RANGE_VALUES),
+                "eval_time": "60m",
+                "exp_samples": [
+                    sample(2400, id="1003", type="ADS", status="IN_PROGRESS"),
+                    sample(3600, id="1007", type="ADS", status="IN_PROGRESS"),
+                    sample(3600, id="1005", type="ADS", status="NOT_FOUND"),
+                ],
+            }
+        ],
+        tmp_path,
+    )
+
+
+# -- the stats follow every variable --------------------------------------------------------
+
+TRACKED_STAT = "Tracked imports"
+
+
+def test_every_stat_follows_the_type_and_id_variables(dashboard: dict[str, Any]) -> None:
+    stats = [p for p in panels(dashboard) if p["type"] == "stat"]
+    assert {"Imports by status now", TRACKED_STAT} <= {p["title"] for p in stats}
+    for panel in stats:
+        for target in panel["targets"]:
+            selectors = read_promql(target["expr"]).selectors
+            assert selectors, panel["title"]
+            for selector in selectors:
+                # A total over all ids (elevate_import_tracked_imports) cannot be narrowed.
+                assert "id" in CONTRACT_LABELS[selector.metric], (panel["title"], selector)
+                assert selector.matchers.get("id") == ("=~", "$id"), (panel["title"], selector)
+            typed = [s.matchers.get("type") for s in selectors]
+            assert ("=~", "$type") in typed, panel["title"]
+
+
+@pytest.mark.parametrize(
+    ("type_", "id_", "expected"),
+    [
+        (".*", ".+", 4),  # All: answered, untyped (Admin API v4) and not yet answered
+        ("ADS", ".+", 1),
+        ("(ADS|PRODUCTS)", ".+", 2),  # an id not answered yet has no type to select
+        (".*", "1003", 1),
+        (".*", "(1001|1003)", 2),
+        ("ADS", "1003", None),
+        ("ADS", "1002", None),
+    ],
+)
+def test_the_tracked_imports_stat_counts_the_selected_imports_answered_or_not(
+    dashboard: dict[str, Any], tmp_path: Path, type_: str, id_: str, expected: int | None
+) -> None:
+    (target,) = panel_titled(dashboard, TRACKED_STAT)["targets"]
+    status, info = "elevate_import_status", "elevate_import_info"
+    first = "elevate_import_first_seen_timestamp_seconds"
+    input_series = [
+        # What the old stat read: the total, whatever the variables say.
+        series("elevate_import_tracked_imports", "4x10"),
+        series(first, "0x10", id="1001"),
+        series(info, "1x10", id="1001", type="ADS", message="Running"),
+        series(status, "1x10", id="1001", type="ADS", status="IN_PROGRESS"),
+        series(first, "0x10", id="1002"),
+        series(info, "1x10", id="1002", type="PRODUCTS", message="Boom"),
+        series(status, "1x10", id="1002", type="PRODUCTS", status="FAILURE"),
+        # Tracked, but Elevate has not answered yet: no status, no type.
+        series(first, "0x10", id="1003"),
+        # The Admin API v4 sends no type: the label is empty.
+        series(first, "0x10", id="1004"),
+        series(info, "1x10", id="1004", type="", message=""),
+        series(status, "1x10", id="1004", type="", status="SUCCESS"),
+    ]
+    values = RANGE_VALUES | {"type": type_, "id": id_}
+    found = [] if expected is None else [{"labels": "{}", "value": expected}]
+    promtool_evaluates(
+        input_series,
+        [{"expr": substitute(target["expr"], values), "eval_time": "10m", "exp_samples": found}],
+        tmp_path,
+    )
 
 
 def test_the_state_timeline_has_one_colour_per_status(dashboard: dict[str, Any]) -> None:
@@ -505,8 +820,12 @@ def test_rates_use_the_rate_interval(dashboard: dict[str, Any]) -> None:
         reading = read_promql(query.expr)
         for selector in reading.selectors:
             if selector.function in {"rate", "increase", "irate"}:
-                assert selector.range == "$__rate_interval", query.where
-        assert set(reading.ranges) <= {"$__rate_interval"}, query.where
+                assert selector.range in RATE_RANGES, query.where
+            elif selector.range is not None:
+                assert selector.function, query.where
+                assert selector.function.endswith("_over_time"), query.where
+                assert selector.range in OVER_TIME_RANGES, query.where
+        assert set(reading.ranges) <= RATE_RANGES | OVER_TIME_RANGES, query.where
 
 
 def test_counters_appear_only_inside_rate_or_increase(dashboard: dict[str, Any]) -> None:

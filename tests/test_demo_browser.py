@@ -50,8 +50,8 @@ CHROMIUM_FLAGS = (
 )
 # The table as the browser renders it, read in one call so a reload cannot interleave.
 READ_TABLE = """
-const header = [...document.querySelectorAll("thead th")].map(th => th.textContent.trim());
-return [...document.querySelectorAll("tbody tr")].map(tr => {
+const header = [...document.querySelectorAll("#tracked thead th")].map(th => th.textContent.trim());
+return [...document.querySelectorAll("#tracked tbody tr")].map(tr => {
   const row = {};
   [...tr.children].forEach((td, i) => { row[header[i]] = td.textContent.trim(); });
   const status = tr.querySelector("td.status");

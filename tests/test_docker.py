@@ -210,7 +210,9 @@ def tracked_ids() -> list[str]:
     return [imp.id for imp in demo_imports()] + [DEMO_UNKNOWN_ID]
 
 
-def start_exporter(containers: Containers, simulator_url: str, key_file: Path) -> ExporterContainer:
+def start_exporter(
+    containers: Containers, simulator_url: str, key_file: Path, *extra: str
+) -> ExporterContainer:
     """The exporter with the image's default command, configured only by env and a file.
 
     The listen address goes in the environment, not on the command line, because that
@@ -237,6 +239,7 @@ def start_exporter(containers: Containers, simulator_url: str, key_file: Path) -
         # The image's own health check command, run every second instead of every 30 s.
         "--health-interval",
         "1s",
+        *extra,
     )
     wait_serving(name, f"http://127.0.0.1:{port}/-/ready")
     return ExporterContainer(name, port)
@@ -504,6 +507,40 @@ def test_the_demo_command_runs_in_a_container(containers: Containers) -> None:
     )
     assert demo_ids <= set(statuses), statuses
     assert is_running(name)
+
+
+def first_seen(metrics_url: str) -> dict[str, float]:
+    answer = http_get(metrics_url)
+    assert answer is not None
+    return {
+        sample.labels["id"]: sample.value
+        for family in text_string_to_metric_families(answer[1])
+        if family.name == "elevate_import_first_seen_timestamp_seconds"
+        for sample in family.samples
+    }
+
+
+def test_the_store_in_the_data_volume_outlives_the_container(
+    containers: Containers, simulator_url: str, key_file: Path
+) -> None:
+    volume = f"eie-test-data-{uuid.uuid4().hex[:10]}"
+    mount = ("--volume", f"{volume}:/data")
+    users: list[str] = []
+    try:
+        first = start_exporter(containers, simulator_url, key_file, *mount)
+        users.append(first.name)
+        before = first_seen(first.metrics_url)
+        assert set(before) == set(tracked_ids())
+        docker("rm", "--force", first.name)
+
+        second = start_exporter(containers, simulator_url, key_file, *mount)
+        users.append(second.name)
+        assert first_seen(second.metrics_url) == before
+        listing = run_once(*mount, "--entrypoint", "ls", containers.image, "/data")
+        assert "elevate-import-exporter.db" in listing.split()
+    finally:
+        docker("rm", "--force", *users)
+        docker("volume", "rm", "--force", volume)
 
 
 def test_the_final_image_holds_no_sources_wheels_pip_or_compilers(image: str) -> None:

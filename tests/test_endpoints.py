@@ -227,23 +227,28 @@ def test_the_request_counters_count_the_requests_the_api_received(
 
 
 class _Page(HTMLParser):
-    """The page's links and table rows (cell texts, unescaped)."""
+    """The page's links and the rows of its table of tracked imports (cell texts, unescaped)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.links: list[str] = []
         self.rows: list[list[str]] = []
         self._cell: list[str] | None = None
+        self._in_tracked = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
             self.links += [v for k, v in attrs if k == "href" and v is not None]
-        elif tag == "tr":
+        elif tag == "table":
+            self._in_tracked = ("id", "tracked") in attrs
+        elif tag == "tr" and self._in_tracked:
             self.rows.append([])
-        elif tag in ("td", "th"):
+        elif tag in ("td", "th") and self._in_tracked:
             self._cell = []
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._in_tracked = False
         if tag in ("td", "th") and self._cell is not None and self.rows:
             self.rows[-1].append("".join(self._cell).strip())
             self._cell = None

@@ -20,22 +20,20 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Gauge
 
 from elevate_import_exporter import web
 from elevate_import_exporter.poller import Snapshot
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import REPO, SIM_KEY, ExporterFor, ExporterProcessFor, exporter_env
-from tests.support import free_port, stop_process, wait_until
+from tests.support import BareSite, free_port, stop_process, wait_until
 
 
-class TinySite:
+class TinySite(BareSite):
     """The smallest thing an HttpServer serves; ``gate`` holds ``/`` and ``/metrics``."""
 
-    telemetry_path = "/metrics"
-
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         Gauge("tiny_up", "Always 1.", registry=self.registry).set(1)
         self.gate = threading.Event()
         self.gate.set()
@@ -49,9 +47,6 @@ class TinySite:
     def snapshot(self) -> Snapshot:
         self._held()
         return Snapshot({}, None)
-
-    def is_ready(self) -> bool:
-        return True
 
     def _held(self) -> None:
         with self._lock:

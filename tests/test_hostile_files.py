@@ -4,8 +4,6 @@ configuration or a certificate never stalls the exporter; it is refused with a r
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,25 +13,7 @@ from elevate_import_exporter.simulator import Simulator
 from elevate_import_exporter.tls import TlsProvider
 from elevate_import_exporter.webconfig import TlsServerConfig, WebConfigError, load_web_config
 from tests.conftest import SIM_KEY, ExporterProcessFor
-
-
-def finishes(call: Callable[[], object], timeout: float = 10.0) -> BaseException | None:
-    """Run ``call`` in a thread; fail if it is still blocked after ``timeout`` seconds."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        pytest.fail(f"still blocked after {timeout} s")
-    return outcome[0]
+from tests.support import finishes
 
 
 @pytest.fixture

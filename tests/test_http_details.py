@@ -100,6 +100,7 @@ def test_ready_is_503_until_the_first_round_started_by_itself_has_ended(
         import_ids=[ID],
         listen_address="127.0.0.1:0",
         timeout="30",
+        storage_path="",
     )
     app = Application(settings)
     try:

@@ -1,18 +1,29 @@
-"""The landing page over HTTP: status colours, poll ages, the exporter's own state, escaping.
+"""The landing page: status colours, poll ages, the exporter's own state, escaping, history.
 
-The page in a real browser, following the demo by itself, is in test_demo_browser.py.
+The live table is read over HTTP from a running exporter; the history section is rendered
+directly from constructed records (the route that reads them from the store is tested with
+the web server). The page in a real browser, following the demo by itself, is in
+test_demo_browser.py.
 """
 
 from __future__ import annotations
 
 import re
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
-from elevate_import_exporter.landing import ago
+import pytest
+
+from elevate_import_exporter.landing import HISTORY_PAGE_SIZE, ago, landing_page, took
+from elevate_import_exporter.model import ImportInfo
+from elevate_import_exporter.records import ImportRecord
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.state import ImportState, Snapshot
 from tests.conftest import ExporterFor
 from tests.support import wait_until
 
@@ -34,35 +45,54 @@ class Row:
 
 
 class Page(HTMLParser):
-    """What the tests read of the page: meta tags, the table, the exporter's list."""
+    """What the tests read of the page: meta tags, links, each table by id, the exporter's list.
+
+    Rows belong to the table they are in, so the history below cannot pass for live imports.
+    """
 
     def __init__(self, text: str) -> None:
         super().__init__()
         self.text = text
         self.metas: list[dict[str, str]] = []
-        self.rows: list[list[tuple[str, set[str]]]] = []
+        self.links: list[dict[str, str]] = []
+        self.tags: list[str] = []
+        self.tables: dict[str, list[list[tuple[str, set[str]]]]] = {}
         self.terms: dict[str, str] = {}
+        self._rows: list[list[tuple[str, set[str]]]] | None = None
         self._cell: list[str] | None = None
         self._classes: set[str] = set()
         self._term: str | None = None
         self.feed(text)
+        self.close()
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = {k: v or "" for k, v in attrs}
+        self.tags.append(tag)
         if tag == "meta":
             self.metas.append(attributes)
+        elif tag == "a":
+            self.links.append(attributes)
+        elif tag == "table":
+            assert self._rows is None, "a table inside a table"
+            name = attributes.get("id", "")
+            assert name not in self.tables, f"two tables with id {name!r}"
+            self._rows = self.tables[name] = []
         elif tag == "tr":
-            self.rows.append([])
+            assert self._rows is not None, "a row outside a table"
+            self._rows.append([])
         elif tag in ("td", "th", "dt", "dd"):
+            assert self._cell is None, f"<{tag}> inside an open cell"
             self._cell = []
             self._classes = set(attributes.get("class", "").split())
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._rows = None
         if self._cell is None or tag not in ("td", "th", "dt", "dd"):
             return
         text = "".join(self._cell).strip()
-        if tag in ("td", "th") and self.rows:
-            self.rows[-1].append((text, self._classes))
+        if tag in ("td", "th") and self._rows:
+            self._rows[-1].append((text, self._classes))
         elif tag == "dt":
             self._term = text
         elif tag == "dd" and self._term is not None:
@@ -74,15 +104,33 @@ class Page(HTMLParser):
         if self._cell is not None:
             self._cell.append(data)
 
-    def table(self) -> dict[str, Row]:
-        """The imports by id, cells by lower-cased column header."""
-        header = [text.lower() for text, _ in self.rows[0]]
-        rows = {}
-        for row in self.rows[1:]:
-            cells = dict(zip(header, (text for text, _ in row), strict=True))
-            status = dict(zip(header, (classes for _, classes in row), strict=True))["status"]
-            rows[cells["id"]] = Row(cells, status)
+    def rows_of(self, table: str) -> list[Row]:
+        """The rows of one table in page order, cells by lower-cased column header."""
+        header, *body = self.tables[table]
+        names = [text.lower() for text, _ in header]
+        rows = []
+        for row in body:
+            if len(row) == 1 and len(names) > 1:
+                continue  # a note spanning the table ("No ... yet."), not a row of it
+            cells = dict(zip(names, (text for text, _ in row), strict=True))
+            classes = dict(zip(names, (classes for _, classes in row), strict=True))
+            status = classes.get("status", classes.get("final status", set()))
+            rows.append(Row(cells, status))
         return rows
+
+    def table(self) -> dict[str, Row]:
+        """The tracked imports by id."""
+        return {row.cells["id"]: row for row in self.rows_of("tracked")}
+
+    def history(self) -> list[Row]:
+        """The finished and retired imports, in page order."""
+        return self.rows_of("history")
+
+    def notes(self, table: str) -> list[str]:
+        return [row[0][0] for row in self.tables[table][1:] if len(row) == 1]
+
+    def hrefs(self) -> list[str]:
+        return [link["href"] for link in self.links if "href" in link]
 
 
 def fetch(url: str) -> str:
@@ -269,3 +317,203 @@ def test_the_page_reloads_itself_every_few_seconds(
     refresh = [m for m in page(running.url).metas if m.get("http-equiv", "").lower() == "refresh"]
     assert len(refresh) == 1
     assert 1 <= int(refresh[0]["content"]) <= 10
+
+
+# -- the history: finished and retired imports ----------------------------------------------
+
+NOW = 1_700_000_000.0
+NOTHING_LIVE = Snapshot({}, None)
+
+
+def when(seconds: float) -> str:
+    """A time as the page writes it (written out here, so a wrong format shows)."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def finished(
+    import_id: str, status: str = "SUCCESS", took_seconds: float = 60, **fields: Any
+) -> ImportRecord:
+    first_seen = NOW - 7200
+    record = ImportRecord(
+        import_id,
+        source="api",
+        first_seen=first_seen,
+        type="PRODUCTS",
+        status=status,
+        message=f"{status.lower()} message",
+        status_since=first_seen + took_seconds,
+        last_answer=first_seen + took_seconds,
+        final_at=first_seen + took_seconds,
+    )
+    return replace(record, **fields)
+
+
+def render(
+    history: Sequence[ImportRecord],
+    page: int = 1,
+    pages: int = 1,
+    snapshot: Snapshot = NOTHING_LIVE,
+) -> Page:
+    return Page(landing_page(snapshot, "/metrics", history, page, pages, now=NOW).decode("utf-8"))
+
+
+def test_the_history_lists_finished_imports_in_the_order_given_with_all_their_columns() -> None:
+    history = [
+        finished(
+            "3003",
+            "FAILURE",
+            took_seconds=192,
+            message="Attribute 'price' is not a number on line 17.",
+            labels=(("feed", "products-nightly"), ("run", "8812")),
+        ),
+        finished("3001", "SUCCESS", took_seconds=7500, source="file", type="ADS"),
+        finished("3002", "ABORTED", took_seconds=4, source="flag", message=""),
+    ]
+    rows = render(history).history()
+    assert [row.cells["id"] for row in rows] == ["3003", "3001", "3002"]
+    failed, succeeded, aborted = (row.cells for row in rows)
+    assert failed == {
+        "id": "3003",
+        "type": "PRODUCTS",
+        "final status": "FAILURE",
+        "message": "Attribute 'price' is not a number on line 17.",
+        "first seen": when(NOW - 7200),
+        "finished": when(NOW - 7200 + 192),
+        "duration": "3m 12s",
+        "labels": "feed=products-nightly run=8812",
+        "source": "api",
+    }
+    assert (succeeded["type"], succeeded["duration"], succeeded["source"]) == (
+        "ADS",
+        "2h 5m",
+        "file",
+    )
+    assert (aborted["message"], aborted["duration"], aborted["labels"]) == ("", "4s", "")
+    assert [row.status_classes for row in rows] == [
+        {"status", "status-failure"},
+        {"status", "status-success"},
+        {"status", "status-aborted"},
+    ]
+
+
+def test_a_retired_import_keeps_the_status_it_had_beside_a_retired_badge() -> None:
+    history = [
+        finished("3001", "FAILURE", retired_at=NOW - 60),
+        finished("3002", "SUCCESS"),
+        # An id Elevate never knew is retired without ever finishing.
+        finished("3003", "NOT_FOUND", final_at=None, retired_at=NOW - 30),
+    ]
+    page = render(history)
+    rows = {row.cells["id"]: row for row in page.history()}
+    assert rows["3001"].cells["final status"] == "FAILURE retired"
+    assert "status-failure" in rows["3001"].status_classes
+    assert rows["3002"].cells["final status"] == "SUCCESS"
+    assert rows["3003"].cells["final status"] == "NOT_FOUND retired"
+    assert "status-not-found" in rows["3003"].status_classes
+    assert (rows["3003"].cells["finished"], rows["3003"].cells["duration"]) == ("never", "")
+    badges = re.findall(r'<span class="badge retired" title="([^"]*)">retired</span>', page.text)
+    assert badges == [f"left the metrics {when(NOW - 60)}", f"left the metrics {when(NOW - 30)}"]
+
+
+def test_durations_read_in_their_two_largest_units() -> None:
+    assert took(0) == "0s"
+    assert took(45.9) == "45s"
+    assert took(192) == "3m 12s"
+    assert took(3600) == "1h 0m"
+    assert took(7500) == "2h 5m"
+    assert took(86400 + 4 * 3600 + 59) == "1d 4h"
+    # A clock stepped back between first seen and final shows no negative duration.
+    assert took(-5) == "0s"
+
+
+# Every element the page itself uses; anything else came from outside unescaped.
+PAGE_TAGS = {
+    "html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "a", "code", "nav",
+    "span", "dl", "dt", "dd", "table", "thead", "tbody", "tr", "th", "td",
+}  # fmt: skip
+HOSTILE = (
+    "<script>alert('owned')</script>",
+    '"><img src=x onerror=alert(1)>',
+    "</td></tr></table><table><tr><td>",
+    "&amp; &lt; & <!-- -->",
+    "lone\ud800 nul\x00 bell\x07 rtl\u202e emoji\U0001f600",
+)
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+@pytest.mark.parametrize("column", ["id", "type", "final status", "message", "labels", "source"])
+def test_hostile_text_in_any_history_column_is_shown_as_text(column: str, text: str) -> None:
+    by_column: dict[str, dict[str, Any]] = {
+        "id": {"id": text},
+        "type": {"type": text},
+        "final status": {"status": text},
+        "message": {"message": text},
+        "labels": {"labels": (("feed", text),)},
+        "source": {"source": text},
+    }
+    fields = by_column[column]
+    live = ImportState("1001", NOW - 60, ImportInfo("1001", "IN_PROGRESS", "ADS", ""), NOW - 60)
+    page = render([finished("3001", **fields)], snapshot=Snapshot({"1001": live}, None))
+    # Only the page's own elements: no script, no img with a handler, no extra table.
+    assert set(page.tags) <= PAGE_TAGS, set(page.tags) - PAGE_TAGS
+    assert page.tags.count("table") == 2
+    # One row of nine cells: nothing closed the row, the table or a cell early.
+    (row,) = page.history()
+    shown = text.replace("\ud800", "\ufffd").replace("\x00", "\ufffd").replace("\x07", "\ufffd")
+    expected = f"feed={shown}" if column == "labels" else shown
+    assert row.cells[column].strip() == expected.strip()
+    if column == "final status":
+        assert row.status_classes == {"status", "status-unknown"}
+    assert list(page.table()) == ["1001"]
+    assert page.tables.keys() == {"tracked", "history"}
+
+
+def test_pagination_links_appear_only_when_the_history_has_several_pages() -> None:
+    history = [finished("3001")]
+    alone = render(history)
+    assert not [href for href in alone.hrefs() if "page=" in href]
+    assert "nav" not in alone.tags
+
+    first, middle, last = (render(history, page, 3) for page in (1, 2, 3))
+    assert [h for h in first.hrefs() if "page=" in h] == ["/?page=2"]
+    assert [h for h in middle.hrefs() if "page=" in h] == ["/?page=1", "/?page=3"]
+    assert [h for h in last.hrefs() if "page=" in h] == ["/?page=2"]
+    for number, shown in enumerate((first, middle, last), start=1):
+        assert f"page {number} of 3" in shown.text
+        assert shown.tags.count("nav") == 1
+    rels = {link["rel"]: link["href"] for link in middle.links if "rel" in link}
+    assert rels == {"prev": "/?page=1", "next": "/?page=3"}
+
+
+def test_a_page_past_the_last_says_so_and_links_back_to_the_last_page() -> None:
+    past = render([], page=7, pages=3)
+    assert past.notes("history") == ["No finished imports on this page."]
+    assert [h for h in past.hrefs() if "page=" in h] == ["/?page=3"]
+    # Even when everything fits on one page now, an old link to page 2 finds its way back.
+    shrunk = render([], page=2, pages=1)
+    assert [h for h in shrunk.hrefs() if "page=" in h] == ["/?page=1"]
+
+
+def test_the_page_never_shows_more_than_one_page_of_history() -> None:
+    assert HISTORY_PAGE_SIZE == 50
+    history = [finished(str(4000 + n)) for n in range(3 * HISTORY_PAGE_SIZE)]
+    rows = render(history, 1, 3).history()
+    assert [row.cells["id"] for row in rows] == [str(4000 + n) for n in range(HISTORY_PAGE_SIZE)]
+
+
+def test_an_empty_history_says_so_beside_the_live_imports() -> None:
+    live = ImportState("1001", NOW - 60, ImportInfo("1001", "IN_PROGRESS", "ADS", ""), NOW - 60)
+    page = render([], snapshot=Snapshot({"1001": live}, None))
+    assert page.history() == []
+    assert page.notes("history") == ["No finished imports yet."]
+    assert page.table()["1001"].cells["status"] == "IN_PROGRESS"
+
+
+def test_a_finished_import_still_exported_is_in_both_tables_each_with_its_own_columns() -> None:
+    info = ImportInfo("3001", "FAILURE", "PRODUCTS", "Feed failed")
+    live = ImportState("3001", NOW - 600, info, NOW - 300, poll_success=True, last_polled=NOW - 5)
+    record = finished("3001", "FAILURE", took_seconds=300, message="Feed failed")
+    page = render([record], snapshot=Snapshot({"3001": live}, None))
+    assert page.table()["3001"].cells["last polled"] == "5 s ago"
+    (row,) = page.history()
+    assert (row.cells["final status"], row.cells["duration"]) == ("FAILURE", "5m 0s")

@@ -174,6 +174,7 @@ def test_a_second_address_that_cannot_be_bound_stops_the_start_naming_it(
             base_url=simulator.url,
             api_key=SIM_KEY,
             listen_address=[f"127.0.0.1:{first}", address],
+            storage_path="",
         )
         with pytest.raises(web.ListenError, match=address):
             Application(settings)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from elevate_import_exporter.poller import PROBE_ID
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import ExporterFor
 from tests.support import scrape
@@ -203,7 +204,9 @@ def test_an_exporter_with_no_ids_serves_its_own_health_and_is_up(
         assert result.value("elevate_import_tracked_imports") == 0
         assert result.value("elevate_import_up") == 1
         assert result.series("elevate_import_status") == {}
-        assert sim.requests_total == 0
+        # Only the probe of the key, once at start-up, not again at each scrape.
+        scrape(exporter.url)
+        assert sim.requests_for(PROBE_ID) == sim.requests_total == 1
 
 
 def test_parallel_queries_never_exceed_the_configured_concurrency(

@@ -33,12 +33,15 @@ import yaml
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.support import free_port, need_tool, scrape, stop_process, wait_until
 from tests.test_dashboard import (
+    AGE_PANEL,
+    FAILED_TABLE,
     PROMETHEUS_LABELS,
     TARGET_LABELS,
     Query,
     annotation_queries,
     load_dashboard,
     panel_queries,
+    panel_titled,
     query_variables,
     read_promql,
     substitute,
@@ -54,10 +57,15 @@ API_KEY = "e2e-key-8d2f"
 MESSAGE = "Import failed: attribute 'price' is not a number on line 17."
 # Grafana's $__rate_interval is at least four scrape intervals; the scrapes here are 1 s apart.
 RATE_INTERVAL = "10s"
+# The dashboard's time range: longer than the whole test run.
+RANGE = "1h"
 SHORT_FOR = "1s"
 WAIT = 30.0
 
 SUCCEEDS, FAILS, STAYS = "1001", "1002", "1003"
+# Panels that list only imports in some statuses: which of the scenario's imports each
+# shows once the scripts have ended. For the others they must stay empty.
+LISTED_BY = {FAILED_TABLE: {FAILS}, AGE_PANEL: {STAYS}}
 
 
 def scripted_imports() -> list[ScriptedImport]:
@@ -209,7 +217,12 @@ ALL_SELECTED = {"job": ".+", "instance": ".+", "type": ".*", "id": ".+"}
 
 
 def query_values(chosen: Mapping[str, str]) -> dict[str, str]:
-    return {"datasource": "prometheus", "__rate_interval": RATE_INTERVAL, **chosen}
+    return {
+        "datasource": "prometheus",
+        "__rate_interval": RATE_INTERVAL,
+        "__range": RANGE,
+        **chosen,
+    }
 
 
 def series_values(stack: Stack, selector: str, label: str) -> set[str]:
@@ -231,6 +244,16 @@ def queries_without_data(stack: Stack, values: Mapping[str, str]) -> list[str]:
     dashboard = load_dashboard()
     queries = panel_queries(dashboard) + annotation_queries(dashboard)
     return [q.where for q in queries if not returns_data(stack, q, values)]
+
+
+def queries_of_panels_not_listing(import_id: str) -> list[str]:
+    """The queries that must find nothing when only ``import_id`` is selected."""
+    return [
+        q.where
+        for title, listed in LISTED_BY.items()
+        if import_id not in listed
+        for q in panel_queries({"panels": [panel_titled(load_dashboard(), title)]})
+    ]
 
 
 # -- the tests -------------------------------------------------------------------------
@@ -347,11 +370,39 @@ def test_every_dashboard_query_returns_data_for_one_selected_import(
             "id": grafana_regex_escape(import_id),
         }
     )
+    # Only the panels that do not list this import's status come back empty.
+    empty = queries_of_panels_not_listing(import_id)
     stack.wait(
-        lambda: not queries_without_data(stack, values),
-        f"every dashboard query to return data for import {import_id}",
+        lambda: queries_without_data(stack, values) == empty,
+        f"every dashboard query but {empty} to return data for import {import_id}",
         lambda: f"without data: {queries_without_data(stack, values)}",
     )
+
+
+def test_the_failed_imports_table_shows_the_failed_import_its_message_and_when_it_ended(
+    stack: Stack,
+) -> None:
+    stack.wait(lambda: stack.alerts("ElevateImportFailed"), "ElevateImportFailed")
+    last_exported, ended = (
+        substitute(target["expr"], query_values(ALL_SELECTED))
+        for target in panel_titled(load_dashboard(), FAILED_TABLE)["targets"]
+    )
+    (row,) = stack.api("query", query=last_exported)["result"]
+    assert row["metric"] == {
+        "job": JOB,
+        "instance": stack.exporter_address,
+        "id": FAILS,
+        "type": "PRODUCTS",
+        "status": "FAILURE",
+        "message": MESSAGE,
+    }
+    # Still exported: its last scrape is one of the last seconds (Prometheus' clock, in ms).
+    assert float(row["value"][1]) / 1000 >= row["value"][0] - 10
+    (row_ended,) = stack.api("query", query=ended)["result"]
+    assert row_ended["metric"] == row["metric"]
+    since = f'elevate_import_last_status_change_timestamp_seconds{{id="{FAILS}"}}'
+    (change,) = stack.api("query", query=since)["result"]
+    assert float(row_ended["value"][1]) == 1000 * float(change["value"][1])
 
 
 def test_the_dashboard_and_rules_name_only_metrics_and_labels_a_real_scrape_has(

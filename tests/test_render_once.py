@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import threading
 import urllib.request
 
+from prometheus_client import CollectorRegistry, Gauge
+
+from elevate_import_exporter.exposition import MAX_SHARED, Renderer
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import ExporterFor
 from tests.support import Scrape
@@ -69,3 +73,22 @@ def test_each_format_is_rendered_for_itself_and_a_new_round_renders_anew(
     get(exporter.url)
     get(exporter.url)
     assert exporter.renders - renders == 2
+
+
+def test_answers_kept_for_sharing_stay_few_however_many_accept_headers_clients_send() -> None:
+    # Each OpenMetrics version a client names is a kind of answer of its own (the content
+    # type echoes it); an answer may be megabytes, so only a few are kept.
+    registry = CollectorRegistry()
+    Gauge("kept_test_up", "Always 1.", registry=registry).set(1)
+    renderer = Renderer(registry)
+    state = (object(),)
+    for n in range(40):
+        accept = f"application/openmetrics-text; version=1.0.{n}"
+        answer = renderer.render(accept, "gzip" if n % 2 else "", state=state)
+        assert answer.content_type.startswith(f"application/openmetrics-text; version=1.0.{n};")
+        assert b"kept_test_up 1.0" in (gzip.decompress(answer.body) if n % 2 else answer.body)
+    assert renderer.kept_answers <= MAX_SHARED
+    # The kinds asked for last are still shared.
+    renders = renderer.renders
+    assert renderer.render(accept, "gzip", state=state) is answer
+    assert renderer.renders == renders

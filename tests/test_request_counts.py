@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from elevate_import_exporter.poller import PROBE_ID
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import SIM_KEY, ExporterFor
 from tests.support import Scrape, scrape
@@ -51,7 +52,9 @@ def test_an_import_that_reached_a_final_status_is_not_queried_again_on_later_scr
             assert later.value("elevate_import_poll_success", id="2001") == 1
             assert later.value("elevate_import_info", id="2001", type="PRODUCTS", message="done")
         assert (sim.requests_for("2001"), sim.requests_for("2002")) == (2, 1)
-        assert sim.requests_total == 3
+        # With nothing left to ask, one probe of the key and no other request.
+        assert sim.requests_for(PROBE_ID) == 1
+        assert sim.requests_total == 4
 
 
 def test_an_import_that_is_not_final_is_queried_exactly_once_per_scrape(

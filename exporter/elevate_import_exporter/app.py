@@ -8,6 +8,7 @@ first poll round at once, and stops everything again.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,15 +19,19 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from elevate_import_exporter.api import status_api
+from elevate_import_exporter.catalog import Catalog
 from elevate_import_exporter.collector import ImportCollector
 from elevate_import_exporter.config import Settings
 from elevate_import_exporter.idsfile import IdsFile
 from elevate_import_exporter.model import id_rule
-from elevate_import_exporter.poller import Poller, Snapshot
+from elevate_import_exporter.poller import PROBE_ID, Poller, Snapshot
+from elevate_import_exporter.proxy import ImportProxy
+from elevate_import_exporter.proxy_metrics import ProxyCollector
 from elevate_import_exporter.sources import FixedIds, IdSource, TrackedIds
 from elevate_import_exporter.stats import RequestStats
+from elevate_import_exporter.store import Store
 from elevate_import_exporter.tls import TlsProvider
-from elevate_import_exporter.web import DEFAULT_BUDGET, HttpServer
+from elevate_import_exporter.web import DEFAULT_BUDGET, DRAIN_SECONDS, HttpServer
 from elevate_import_exporter.webconfig import WebConfigWatcher
 
 log = logging.getLogger(__name__)
@@ -43,10 +48,24 @@ class Application:
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.registration_enabled = settings.enable_registration
         self.stats = RequestStats()
-        sources: list[IdSource] = [FixedIds(settings.import_ids)]
-        if settings.ids_file is not None:
-            sources.append(IdsFile(settings.ids_file, *id_rule(settings.api)))
+        self.store = Store.open(settings.storage_path)
+        try:
+            self.catalog = Catalog.load(
+                self.store,
+                retention=settings.retention,
+                history=settings.history,
+                max_registered=settings.max_tracked,
+                clock=clock,
+            )
+            sources: list[IdSource] = [FixedIds(settings.import_ids)]
+            if settings.ids_file is not None:
+                sources.append(IdsFile(settings.ids_file, *id_rule(settings.api)))
+            sources += self.catalog.sources.values()
+        except Exception:
+            self.store.close()
+            raise
         self.ids = TrackedIds(sources, max_tracked=settings.max_tracked)
         self.poller = Poller(
             status_api(settings, self.stats.record),
@@ -54,9 +73,12 @@ class Application:
             concurrency=settings.concurrency,
             min_interval=settings.min_poll_interval,
             clock=clock,
+            probe_id=PROBE_ID,
+            restored=self.catalog.restored_states(),
         )
+        self.catalog.follow(self.poller, self.ids)
         self.registry = CollectorRegistry()
-        self.registry.register(ImportCollector(self.poller, self.stats, self.ids))
+        self.registry.register(ImportCollector(self.poller, self.stats, self.ids, self.catalog))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -74,10 +96,19 @@ class Application:
                 auth_exempt_paths=HEALTH_PATHS if settings.auth_exempt_health else (),
                 tls=tls,
             )
+            try:
+                self.proxy = _proxy(settings, self.catalog, self.web_config, tls)
+            except Exception:
+                self._server.close()
+                raise
         except Exception:
             self.poller.close()
+            self.store.close()
             raise
+        if self.proxy is not None:
+            self.registry.register(ProxyCollector(self.proxy.stats))
         self._thread: threading.Thread | None = None
+        self._proxy_thread: threading.Thread | None = None
         threading.Thread(target=self._first_round, name="first-round", daemon=True).start()
 
     # -- what the HTTP side asks of it -----------------------------------------------
@@ -87,8 +118,10 @@ class Application:
         return self.settings.telemetry_path
 
     def poll(self, budget: float) -> None:
-        """Run a poll round that ends within ``budget`` seconds (or share the one running)."""
+        """Run a poll round that ends within ``budget`` seconds (or share the one running),
+        then keep what it changed and retire what is due."""
         self.poller.poll(budget)
+        self.catalog.after_poll()
 
     def snapshot(self) -> Snapshot:
         return self.poller.snapshot()
@@ -102,7 +135,7 @@ class Application:
 
     def _first_round(self) -> None:
         try:
-            self.poller.poll(DEFAULT_BUDGET)
+            self.poll(DEFAULT_BUDGET)
         except Exception:
             log.exception("the first poll round failed")
         finally:
@@ -115,7 +148,7 @@ class Application:
         def loop() -> None:
             while not stop.wait(seconds):
                 try:
-                    self.poller.poll(DEFAULT_BUDGET)
+                    self.poll(DEFAULT_BUDGET)
                 except Exception:
                     log.exception("a poll round failed")
 
@@ -157,13 +190,23 @@ class Application:
         log.info("reloaded the id sources: %d ids tracked", len(self.ids.current()))
 
     def serve_forever(self) -> None:
-        """Serve until :meth:`drain` has ended, or until :meth:`stop`."""
+        """Serve (and run the import proxy) until :meth:`drain` has ended, or :meth:`stop`."""
+        if self.proxy is not None and self._proxy_thread is None:
+            self._proxy_thread = threading.Thread(
+                target=self.proxy.serve_forever, name="proxy", daemon=True
+            )
+            self._proxy_thread.start()
         self._server.serve_forever()
+        if self._proxy_thread is not None and self._server.draining:
+            # The proxy drains beside the server; its transfers in flight get the same time.
+            self._proxy_thread.join(DRAIN_SECONDS + 1.0)
 
     def drain(self) -> None:
         """Stop taking requests; ``serve_forever`` returns once those in flight are answered,
         within ``web.DRAIN_SECONDS``. Safe from a signal handler."""
         self._server.drain()
+        if self.proxy is not None:
+            self.proxy.drain(DRAIN_SECONDS)
 
     def start(self) -> None:
         """Serve from a background thread (tests, the demo)."""
@@ -174,8 +217,14 @@ class Application:
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join()
+        if self.proxy is not None:
+            if self._proxy_thread is not None:
+                self.proxy.shutdown()
+                self._proxy_thread.join()
+            self.proxy.close()
         self._server.close()
         self.poller.close()
+        self.store.close()
 
 
 def _url_host(host: str) -> str:
@@ -188,6 +237,28 @@ def _web_config(settings: Settings) -> WebConfigWatcher | None:
     if settings.web_config_file is None:
         return None
     return WebConfigWatcher(settings.web_config_file)
+
+
+def _proxy(
+    settings: Settings,
+    catalog: Catalog,
+    web_config: WebConfigWatcher | None,
+    tls: TlsProvider | None,
+) -> ImportProxy | None:
+    """The import proxy, served with the exporter's web configuration; None if not asked for."""
+    if not settings.proxy_addresses:
+        return None
+    return ImportProxy(
+        settings.proxy_addresses,
+        settings.base_url,
+        register=catalog.register,
+        timeout=settings.proxy_timeout,
+        label_header=settings.proxy_label_header,
+        web_config=web_config.current if web_config else None,
+        tls=tls,
+        # The CA bundle the status requests trust (requests reads the same variable).
+        ca_bundle=os.environ.get("REQUESTS_CA_BUNDLE") or None,
+    )
 
 
 def _tls(web_config: WebConfigWatcher | None) -> TlsProvider | None:

@@ -1,4 +1,5 @@
-"""The custom collector: fresh metric families on every scrape, from the poller's state."""
+"""The custom collector: fresh metric families on every scrape, from the poller's state
+(the lines of final imports are kept: lines.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.model import DOCUMENTED_STATUSES
-from elevate_import_exporter.poller import ImportState, Poller, RoundResult, Snapshot
+from elevate_import_exporter.lines import FinalLines, import_families
+from elevate_import_exporter.poller import RoundResult, Snapshot
 from elevate_import_exporter.stats import LATENCY_BUCKETS, ApiStats, RequestStats
 
 
@@ -31,92 +31,60 @@ class IdCounts(Protocol):
     def counts(self) -> dict[str, int]: ...
 
 
+class Lifecycle(Protocol):
+    """What the collector reads of registrations and retirements (:class:`~.catalog.Catalog`)."""
+
+    @property
+    def registrations(self) -> Mapping[str, int]: ...
+
+    @property
+    def retired_counts(self) -> Mapping[str, int]: ...
+
+
+class Snapshots(Protocol):
+    """What the collector reads of the poller (:class:`~.poller.Poller`)."""
+
+    def snapshot(self) -> Snapshot: ...
+
+
 class ImportCollector(Collector):
-    def __init__(self, poller: Poller, stats: RequestStats, ids: IdCounts | None = None) -> None:
+    def __init__(
+        self,
+        poller: Snapshots,
+        stats: RequestStats,
+        ids: IdCounts | None = None,
+        lifecycle: Lifecycle | None = None,
+    ) -> None:
         self._poller = poller
         self._stats = stats
         self._ids = ids
+        self._lifecycle = lifecycle
+        # The lines of final imports, rendered once (see lines.py).
+        self.final_lines = FinalLines()
 
     def describe(self) -> Iterator[Metric]:
         # The same families without samples: lets the registry refuse a clashing
         # collector without running a poll.
-        yield from _families(Snapshot({}, None), RequestStats().snapshot())
+        yield from _families(Snapshot({}, None), RequestStats().snapshot(), FinalLines())
         if self._ids is not None:
             yield from _source_families(0, {})
+        if self._lifecycle is not None:
+            yield from _lifecycle_families({}, {})
 
     def collect(self) -> Iterator[Metric]:
-        yield from _families(self._poller.snapshot(), self._stats.snapshot())
+        yield from _families(self._poller.snapshot(), self._stats.snapshot(), self.final_lines)
         if self._ids is not None:
             yield from _source_families(self._ids.refused, self._ids.counts())
+        if self._lifecycle is not None:
+            lifecycle = self._lifecycle
+            yield from _lifecycle_families(lifecycle.registrations, lifecycle.retired_counts)
 
 
-def _families(snapshot: Snapshot, api: ApiStats) -> Iterator[Metric]:
-    yield from _import_families(snapshot.imports)
+def _families(snapshot: Snapshot, api: ApiStats, final: FinalLines) -> Iterator[Metric]:
+    yield from import_families(snapshot.imports, final)
     yield from _round_families(snapshot.last_round, len(snapshot.imports))
     yield from _api_families(api)
     yield _build_info()
-
-
-def _import_families(imports: Mapping[str, ImportState]) -> Iterator[Metric]:
-    status = GaugeMetricFamily(
-        "elevate_import_status",
-        "Status of the import as the API reports it: 1 for the current status, "
-        "0 for the other documented ones.",
-        labels=["id", "type", "status"],
-    )
-    info = GaugeMetricFamily(
-        "elevate_import_info",
-        "Always 1; the type and the API's last message (at most 200 characters).",
-        labels=["id", "type", "message"],
-    )
-    first_seen = GaugeMetricFamily(
-        "elevate_import_first_seen_timestamp_seconds",
-        "When the exporter began tracking the import id.",
-        labels=["id"],
-    )
-    last_change = GaugeMetricFamily(
-        "elevate_import_last_status_change_timestamp_seconds",
-        "When the exporter first saw the import's current status.",
-        labels=["id"],
-    )
-    poll_success = GaugeMetricFamily(
-        "elevate_import_poll_success",
-        "1 if the latest status query for the id returned valid import information "
-        "(a final status held from earlier counts), else 0.",
-        labels=["id"],
-    )
-    # Samples are built directly rather than through add_metric: with thousands of
-    # ids this loop is most of a scrape's cost, and add_metric zips label dicts anew
-    # for every sample.
-    for import_id, state in imports.items():
-        first_seen.samples.append(Sample(first_seen.name, {"id": import_id}, state.first_seen))
-        poll_success.samples.append(
-            Sample(poll_success.name, {"id": import_id}, 1.0 if state.poll_success else 0.0)
-        )
-        current = state.info
-        if current is None:
-            continue
-        kind = current.type
-        for documented in DOCUMENTED_STATUSES:
-            status.samples.append(
-                Sample(
-                    status.name,
-                    {"id": import_id, "type": kind, "status": documented},
-                    1.0 if documented == current.status else 0.0,
-                )
-            )
-        if current.status not in DOCUMENTED_STATUSES:
-            status.samples.append(
-                Sample(status.name, {"id": import_id, "type": kind, "status": current.status}, 1.0)
-            )
-        info.samples.append(
-            Sample(info.name, {"id": import_id, "type": kind, "message": current.message}, 1.0)
-        )
-        if state.status_since is not None:
-            last_change.samples.append(
-                Sample(last_change.name, {"id": import_id}, state.status_since)
-            )
-    yield from (status, info, first_seen, last_change, poll_success)
 
 
 def _round_families(last_round: RoundResult | None, tracked: int) -> Iterator[Metric]:
@@ -151,6 +119,28 @@ def _source_families(refused: int, counts: Mapping[str, int]) -> Iterator[Metric
         "Number of import ids not tracked because --imports.max-tracked was reached.",
         value=refused,
     )
+
+
+def _lifecycle_families(
+    registrations: Mapping[str, int], retired: Mapping[str, int]
+) -> Iterator[Metric]:
+    registered = CounterMetricFamily(
+        "elevate_import_registrations",
+        "Registrations over /api/v1/imports and by the proxy: ids created or known already, "
+        "and requests refused as invalid, disabled or failed (the store could not take them).",
+        labels=["result"],
+    )
+    for result, count in registrations.items():
+        registered.add_metric([result], count)
+    retired_total = CounterMetricFamily(
+        "elevate_import_retired",
+        "Imports retired (their series left the metrics) after --imports.retention, by the "
+        "status they had.",
+        labels=["status"],
+    )
+    for status, count in retired.items():
+        retired_total.add_metric([status], count)
+    yield from (registered, retired_total)
 
 
 def _api_families(api: ApiStats) -> Iterator[Metric]:

@@ -30,6 +30,11 @@ MAX_RETRIES = 10
 MAX_TIMEOUT = 300.0
 MAX_MIN_POLL_INTERVAL = 24 * 3600.0
 MAX_TRACKED_LIMIT = 1_000_000
+MAX_RETENTION = 365 * 86400.0
+MAX_HISTORY = 10 * 365 * 86400.0
+MAX_PROXY_TIMEOUT = 24 * 3600.0
+_SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", "cookie"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 # An API key is tens of characters; a larger file is not a key file.
 MAX_KEY_FILE_BYTES = 64 * 1024
 
@@ -62,6 +67,15 @@ class Settings:
     auth_exempt_health: bool
     # Every [host]:port to serve on, the first one first; never empty.
     listen_addresses: tuple[tuple[str, int], ...] = ()
+    # None: imports are kept in memory only (--storage.path "").
+    storage_path: Path | None = None
+    retention: float = 24 * 3600.0
+    history: float = 30 * 86400.0
+    enable_registration: bool = False
+    # Where the import proxy listens; empty: no proxy.
+    proxy_addresses: tuple[tuple[str, int], ...] = ()
+    proxy_timeout: float = 600.0
+    proxy_label_header: str = "X-Feed-Name"
 
 
 def cluster_url(cluster_id: str) -> str:
@@ -88,6 +102,13 @@ def load_settings(
     log_format: str = default("log_format"),
     web_config_file: str | None = None,
     auth_exempt_health: bool = False,
+    storage_path: str | None = default("storage_path"),
+    retention: str = default("retention"),
+    history: str = default("history"),
+    enable_registration: bool = False,
+    proxy_listen_address: str | Iterable[str] = (),
+    proxy_timeout: str = default("proxy_timeout"),
+    proxy_label_header: str = default("proxy_label_header"),
 ) -> Settings:
     """Validate raw option values into :class:`Settings` or raise :class:`ConfigError`.
 
@@ -117,6 +138,13 @@ def load_settings(
         web_config_file=Path(web_config_file) if web_config_file else None,
         auth_exempt_health=bool(auth_exempt_health),
         listen_addresses=addresses,
+        storage_path=Path(storage_path) if storage_path else None,
+        retention=_positive_duration(retention, "--imports.retention", MAX_RETENTION),
+        history=_duration(history, "--storage.history", MAX_HISTORY),
+        enable_registration=bool(enable_registration),
+        proxy_addresses=_proxy_addresses(proxy_listen_address),
+        proxy_timeout=_positive_duration(proxy_timeout, "--proxy.timeout", MAX_PROXY_TIMEOUT),
+        proxy_label_header=_header_name(proxy_label_header, "--proxy.label-header"),
     )
 
 
@@ -241,6 +269,31 @@ def _duration(value: str, name: str, high: float) -> float:
     if seconds is None or seconds > high:
         raise ConfigError(
             f"{name} must be a duration such as 30s, 5m or 0s, at most {high:g}s, got {value!r}"
+        )
+    return seconds
+
+
+def _proxy_addresses(given: str | Iterable[str]) -> tuple[tuple[str, int], ...]:
+    values = [given] if isinstance(given, str) else list(given)
+    values = [v for value in values for v in value.split(",") if v.strip()]
+    return tuple(parse_listen_address(v.strip(), "--proxy.listen-address") for v in values)
+
+
+def _header_name(value: str, name: str) -> str:
+    value = value.strip()
+    if value and not _HEADER_NAME.fullmatch(value):
+        raise ConfigError(f"{name} must be an HTTP header name such as X-Feed-Name, got {value!r}")
+    if value.lower() in _SECRET_HEADERS:
+        raise ConfigError(f"{name} {value!r} carries a secret; it cannot be a label")
+    return value
+
+
+def _positive_duration(value: str, name: str, high: float) -> float:
+    seconds = parse_duration(str(value))
+    if seconds is None or not 0 < seconds <= high:
+        raise ConfigError(
+            f"{name} must be a duration such as 90s, 24h or 7d, more than 0 and at most "
+            f"{high:g}s, got {value!r}"
         )
     return seconds
 

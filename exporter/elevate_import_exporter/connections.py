@@ -1,14 +1,12 @@
-"""Connections without threads to spare: accept, read request heads, hand them over.
+"""Connections without threads to spare: accept, read whole requests, hand them over.
 
 The thread that calls ``serve_forever`` accepts connections on every listener and reads
-from all of them without blocking; only a request whose head (request line and headers) is
-complete goes to one of at most ``max_threads`` handler threads. A client that sends its
-head slowly, or never, so holds a file descriptor for at most ``header_timeout`` seconds
-and never a thread. Knows nothing of HTTP but where a request head ends.
-
-With ``tls``, each accepted socket is wrapped and its handshake driven by the same loop,
-without blocking; the handshake counts against the header timeout, so one that never
-finishes holds no thread and is cut like a slow request head.
+from all of them without blocking; only a complete request (head, and the body announced
+by ``Content-Length``: :mod:`~elevate_import_exporter.framing`) goes to one of at most
+``max_threads`` handler threads. A client that sends its head slowly, or never, so holds
+a file descriptor for at most ``header_timeout`` seconds and never a thread; its body then
+has ``header_timeout`` seconds again; a refused framing closes it after the answer. With
+``tls``, the handshake is driven by the same loop and counts against the header timeout.
 
 ``drain``: no new connection or request is taken, those waiting for one are closed, and
 ``serve_forever`` returns once the requests in flight are answered or the time is up.
@@ -19,42 +17,33 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import re
 import selectors
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
-from elevate_import_exporter import handshake
+from elevate_import_exporter import framing, handshake
+from elevate_import_exporter.framing import MAX_HEADER_BYTES
+from elevate_import_exporter.framing import Connection as _Connection
 from elevate_import_exporter.handshake import ServerTls
 from elevate_import_exporter.listeners import Listeners
 from elevate_import_exporter.workers import Workers
 
 log = logging.getLogger(__name__)
-MAX_HEADER_BYTES = 64 * 1024
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
+LINGER_SECONDS = 2.0  # to read and drop what a refused request's client still sends
+# Bytes of the requests waiting for their bodies, as announced, together: beyond it a new
+# one is closed, so that slow bodies cannot take the memory (32 of the largest).
+MAX_WAITING_BYTES = 32 * (framing.MAX_BODY_BYTES + MAX_HEADER_BYTES)
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 Respond = Callable[[str, bytes, float], tuple[bytes, bool]]
 
 
-@dataclass(eq=False)
-class _Connection:
-    sock: socket.socket
-    peer: str
-    deadline: float  # monotonic: closed if its request headers are not complete by then
-    since: float  # when it began to wait
-    buffer: bytearray = field(default_factory=bytearray)
-    idle: bool = False  # kept alive, no byte of the next request yet
-    handshaking: bool = False  # TLS handshake not finished yet
-
-
 class Connections:
     """Accepts connections on ``listeners`` (one socket or several) and hands each complete
-    request head to ``respond(peer, head, received)``, which returns the answer and whether
+    request to ``respond(peer, request, received)``, which returns the answer and whether
     to keep alive."""
 
     def __init__(
@@ -94,6 +83,7 @@ class Connections:
         self._resume_at = 0.0
         self._backoff = 0.0
         self._next_expiry = float("inf")
+        self._body_bytes = 0  # what the connections waiting for a body have announced
         self._stop = threading.Event()
         self._drain_until = float("inf")  # monotonic; set once, by drain()
         self._draining = False  # the serving thread has begun the drain
@@ -173,8 +163,9 @@ class Connections:
         elif data is not None:
             self._accept(data, now)
         else:
-            while _recv(self._wake_r):
-                pass
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
 
     def _accept(self, listener: socket.socket, now: float) -> None:
         if self._draining:  # ready in the same select as the drain's wake-up
@@ -253,6 +244,8 @@ class Connections:
     def _drop(self, conn: _Connection) -> None:
         if conn in self._waiting:
             self._unwatch(conn)
+        self._body_bytes -= conn.need
+        conn.need = 0
         conn.sock.close()
         self._open -= 1
         if not self._accepting and not self._backoff and not self._draining:
@@ -273,6 +266,8 @@ class Connections:
         if not data:
             self._drop(conn)
             return
+        if conn.unread:  # lingering: what it still sends is dropped
+            return
         if conn.idle:  # the first byte of the next request starts its header timeout
             conn.idle = False
             conn.deadline = now + self._header_timeout
@@ -281,31 +276,41 @@ class Connections:
         self._dispatch_if_complete(conn, now)
 
     def _dispatch_if_complete(self, conn: _Connection, now: float) -> None:
-        end = _HEAD_END.search(conn.buffer)
-        if end is None:
-            if len(conn.buffer) > MAX_HEADER_BYTES:
-                log.debug(
-                    "http %s closed: request headers over %d bytes", conn.peer, MAX_HEADER_BYTES
-                )
-                self._drop(conn)
+        if not conn.need and not self._head_complete(conn, now):
             return
-        head = bytes(conn.buffer[: end.end()])
-        del conn.buffer[: end.end()]
+        request = conn.take()
+        if request is None:
+            return
+        self._body_bytes -= len(request)
         self._unwatch(conn)
-        self._workers.submit(self._answer, conn, head, now)
+        self._workers.submit(self._answer, conn, request, now)
+
+    def _head_complete(self, conn: _Connection, now: float) -> bool:
+        """Once the head is there, take note of the body to wait for and start its clock."""
+        frame = conn.frame()
+        if frame is None:
+            if len(conn.buffer) > MAX_HEADER_BYTES:
+                log.debug("http %s closed: headers over %d bytes", conn.peer, MAX_HEADER_BYTES)
+                self._drop(conn)
+            return False
+        self._body_bytes += conn.need
+        if len(conn.buffer) >= conn.need:
+            return True
+        if self._body_bytes > MAX_WAITING_BYTES:
+            log.warning("http %s closed: too many request bodies on their way", conn.peer)
+            self._drop(conn)
+            return False
+        conn.deadline = now + self._header_timeout  # trickled bytes do not extend it
+        self._next_expiry = min(self._next_expiry, conn.deadline)
+        if frame.expect_continue:
+            conn.ask_for_body()
+        return False
 
     def _expire(self, now: float) -> None:
         if now < self._next_expiry:
             return
         for conn in [c for c in self._waiting if c.deadline <= now]:
-            what = (
-                "idle keep-alive connection"
-                if conn.idle
-                else "TLS handshake not finished"
-                if conn.handshaking
-                else "incomplete request headers"
-            )
-            log.debug("http %s closed: %s", conn.peer, what)
+            log.debug("http %s closed: %s", conn.peer, conn.waiting_for())
             self._drop(conn)
         self._next_expiry = min((c.deadline for c in self._waiting), default=float("inf"))
 
@@ -313,6 +318,10 @@ class Connections:
         with self._lock:
             returned, self._returned = self._returned, []
         for conn, keep in returned:
+            if conn.unread and not self._draining:
+                conn.linger(now + min(LINGER_SECONDS, self._header_timeout))
+                self._watch(conn)
+                continue
             if not keep or self._draining:
                 self._drop(conn)
                 continue
@@ -331,10 +340,10 @@ class Connections:
 
     # -- handler threads ------------------------------------------------------------------
 
-    def _answer(self, conn: _Connection, head: bytes, received: float) -> None:
+    def _answer(self, conn: _Connection, request: bytes, received: float) -> None:
         keep = False
         try:
-            answer, keep = self._respond(conn.peer, head, received)
+            answer, keep = self._respond(conn.peer, request, received)
             conn.sock.settimeout(self._write_timeout)
             conn.sock.sendall(answer)
         except (ConnectionError, TimeoutError) as exc:
@@ -349,10 +358,3 @@ class Connections:
                 self._wake()
                 return
         conn.sock.close()
-
-
-def _recv(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(4096)
-    except OSError:
-        return b""

@@ -3,15 +3,25 @@
 
 from __future__ import annotations
 
-import gzip
+import io
+import logging
 import threading
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from elevate_import_exporter.lines import Family, ImportFamily
+
+log = logging.getLogger(__name__)
+
+GZIP_LEVEL = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +39,112 @@ def render(
 ) -> Exposition:
     """The registry in the format ``accept`` asks for; only the ``names`` families if given.
 
-    ``names`` is the ``name[]`` query parameter of the Prometheus client libraries.
+    ``names`` is the ``name[]`` query parameter of the Prometheus client libraries. The
+    bytes are those of ``prometheus_client``'s encoder (gzip aside); the per-import
+    families are written from their kept lines (lines.py) where the encoder would write
+    the same.
     """
     wanted = [name for name in names if name]
+    source: _Collects = registry
     if wanted and isinstance(registry, CollectorRegistry):
-        registry = registry.restricted_registry(wanted)
+        source = registry.restricted_registry(wanted)
     encoder, content_type = choose_encoder(accept)
-    body = encoder(registry)
+    runs = _runs(source, _dialect(encoder, content_type))
     if accepts_gzip(accept_encoding):
-        return Exposition(gzip.compress(body, compresslevel=6), content_type, "gzip")
-    return Exposition(body, content_type, None)
+        return Exposition(_gzipped(runs), content_type, "gzip")
+    return Exposition(_joined(runs), content_type, None)
+
+
+class _Collects(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+@dataclass(frozen=True)
+class _Collected:
+    metrics: tuple[Metric, ...]
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics
+
+
+class _Dialect:
+    """One encoder of prometheus_client: a family alone, and whether it writes a family of
+    lines.py as lines.py does (its HELP and TYPE lines if so)."""
+
+    def __init__(self, encoder: Callable[[_Collects], bytes]) -> None:
+        self._encoder = encoder
+        self.end = encoder(_Collected(()))  # "# EOF" in OpenMetrics, nothing in text
+        self._heads: dict[Family, bytes | None] = {}
+
+    def alone(self, metric: Metric) -> bytes:
+        text = self._encoder(_Collected((metric,)))
+        return text[: len(text) - len(self.end)]
+
+    def head(self, family: Family) -> bytes | None:
+        if family not in self._heads:
+            self._heads[family] = self._probe(family)
+        return self._heads[family]
+
+    def _probe(self, family: Family) -> bytes | None:
+        head = self.alone(Metric(family.name, family.documentation, "gauge"))
+        probe = Metric(family.name, family.documentation, "gauge")
+        probe.add_sample(family.name, dict.fromkeys(family.labels, "x"), 1.0)
+        labels = ",".join(f'{label}="x"' for label in sorted(family.labels))
+        if self.alone(probe) != head + f"{family.name}{{{labels}}} 1.0\n".encode():
+            # An escaping scheme that rewrites names (dots, values): the samples then.
+            log.debug("%s: the encoder writes its lines unlike lines.py", family.name)
+            return None
+        return head
+
+
+# Encoders by content type, which names format, version and escaping. Bounded: the
+# version comes from the client.
+_DIALECTS: dict[str, _Dialect] = {}
+_DIALECTS_LOCK = threading.Lock()
+# Kinds of answer (content type, gzip or not) remembered at most, and answers kept for
+# sharing at most: a kind is named by the client's Accept header, so there is no end to
+# them, and an answer may be megabytes.
+MAX_KINDS = 16
+MAX_SHARED = 4
+
+
+def _dialect(encoder: Callable[[_Collects], bytes], content_type: str) -> _Dialect:
+    with _DIALECTS_LOCK:
+        dialect = _DIALECTS.get(content_type)
+        if dialect is None:
+            if len(_DIALECTS) >= MAX_KINDS:
+                _DIALECTS.clear()
+            dialect = _DIALECTS[content_type] = _Dialect(encoder)
+        return dialect
+
+
+def _runs(source: _Collects, dialect: _Dialect) -> Iterator[list[bytes]]:
+    """The answer in runs of pieces, metric by metric, in the registry's order."""
+    for metric in source.collect():
+        if isinstance(metric, ImportFamily) and (head := dialect.head(metric.family)):
+            yield [head]
+            yield from metric.runs()
+        else:
+            yield [dialect.alone(metric)]
+    yield [dialect.end]
+
+
+def _joined(runs: Iterable[list[bytes]]) -> bytes:
+    # A run at a time into one growing buffer, which getvalue() hands over without a copy:
+    # one join of every piece would hold the pieces and a buffer descriptor for each
+    # besides the answer, twice its size.
+    out = io.BytesIO()
+    for run in runs:
+        out.write(b"".join(run))
+    return out.getvalue()
+
+
+def _gzipped(runs: Iterable[list[bytes]]) -> bytes:
+    # Compressed a run at a time: the whole answer never sits in memory uncompressed.
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [compressor.compress(b"".join(run)) for run in runs]
+    out.append(compressor.flush())
+    return b"".join(out)
 
 
 class Renderer:
@@ -89,15 +195,30 @@ class Renderer:
             return self._build(accept, accept_encoding, wanted)
         kind = _kind(accept, accept_encoding)
         with self._kind_lock(kind):
-            shared = self._shared.get(kind)
+            with self._lock:
+                shared = self._shared.pop(kind, None)
             if shared is not None and _same(shared[0], state):
-                return shared[1]
-            answer = self._build(accept, accept_encoding, wanted)
-            self._shared[kind] = (state, answer)
+                answer = shared[1]
+            else:
+                # The old answer is let go first: a large one is not held twice.
+                shared = None
+                answer = self._build(accept, accept_encoding, wanted)
+            with self._lock:
+                self._shared[kind] = (state, answer)  # now the most recent
+                while len(self._shared) > MAX_SHARED:
+                    del self._shared[next(iter(self._shared))]
             return answer
+
+    @property
+    def kept_answers(self) -> int:
+        """Answers kept for sharing: one per kind, for the kinds asked for last."""
+        with self._lock:
+            return len(self._shared)
 
     def _kind_lock(self, kind: tuple[str, bool]) -> threading.Lock:
         with self._lock:
+            if kind not in self._kind_locks and len(self._kind_locks) >= MAX_KINDS:
+                self._kind_locks.clear()  # kinds come from the client: only so many kept
             return self._kind_locks.setdefault(kind, threading.Lock())
 
     def _build(self, accept: str, accept_encoding: str, wanted: list[str]) -> Exposition:
@@ -108,6 +229,8 @@ class Renderer:
             self.renders += 1
             if not wanted:  # a filtered answer says little about a full one
                 kind = _kind(accept, accept_encoding)
+                if kind not in self._seconds and len(self._seconds) >= MAX_KINDS:
+                    self._seconds.clear()
                 self._seconds[kind] = max(seconds, self._DECAY * self._seconds.get(kind, 0.0))
         return answer
 

@@ -1,25 +1,33 @@
 """The landing page: what the exporter knows about each import, and about its own rounds.
 
-Everything that came from the API is escaped here; the page never queries Elevate. It
-reloads itself every few seconds, so an open tab follows the poll rounds without a click.
+Everything that came from outside (the API, registrations, the store) is escaped here; the
+page never queries Elevate. It reloads itself every few seconds, so an open tab follows
+the poll rounds without a click. Below the live imports it shows one page of the history
+(finished and retired imports), which the caller reads from the store.
 """
 
 from __future__ import annotations
 
 import html
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.model import DOCUMENTED_STATUSES
+from elevate_import_exporter.model import DOCUMENTED_STATUSES, safe_text
 from elevate_import_exporter.poller import ImportState, RoundResult, Snapshot
+from elevate_import_exporter.records import ImportRecord
 
 # Seconds between the page's own reloads: short enough to watch the demo (which polls
 # every 2 s) move, and rendering from the last round's state costs Elevate nothing.
 REFRESH_SECONDS = 5
 
 UNKNOWN_YET = "unknown yet"
+NO_ANSWER = "no answer"
+
+# History rows on one page: the caller asks the store for this many, and the page shows
+# no more even if given more, so its size stays bounded whatever the store holds.
+HISTORY_PAGE_SIZE = 50
 
 # The class of a status cell comes from this table, never from the API's text, so an odd
 # status cannot inject markup; undocumented statuses and none at all look "unknown".
@@ -29,19 +37,33 @@ _STATUS_CLASS = {
 _UNKNOWN_CLASS = "status-unknown"
 
 
-def landing_page(snapshot: Snapshot, telemetry_path: str, now: float | None = None) -> bytes:
-    """The page for ``snapshot``; ``now`` (wall-clock, as the poller's) dates the "ago"s."""
+def landing_page(
+    snapshot: Snapshot,
+    telemetry_path: str,
+    history: Sequence[ImportRecord] = (),
+    page: int = 1,
+    pages: int = 1,
+    *,
+    now: float | None = None,
+) -> bytes:
+    """The page for ``snapshot`` and page ``page`` of ``pages`` of the history.
+
+    ``history``: finished and retired imports, newest first, at most
+    :data:`HISTORY_PAGE_SIZE`. ``now`` (wall-clock, as the poller's) dates the "ago"s.
+    """
     when = time.time() if now is None else now
     rows = "\n".join(_row(state, when) for state in snapshot.imports.values())
-    page = _PAGE.format(
+    text = _PAGE.format(
         refresh=REFRESH_SECONDS,
         version=html.escape(__version__),
-        path=html.escape(telemetry_path),
+        path=_escape(telemetry_path),
         exporter=_exporter_state(snapshot.last_round, len(snapshot.imports), when),
         count=len(snapshot.imports),
         rows=rows or '<tr><td colspan="7">No import ids are tracked.</td></tr>',
+        history=_history_rows(history[:HISTORY_PAGE_SIZE], page),
+        pagination=_pagination(page, pages),
     )
-    return page.encode("utf-8")
+    return text.encode("utf-8")
 
 
 def status_class(status: str | None) -> str:
@@ -60,6 +82,21 @@ def ago(then: float | None, now: float) -> str:
     return f"{seconds} s ago"
 
 
+def took(seconds: float) -> str:
+    """A duration in its two largest units: "45s", "3m 12s", "2h 5m", "3d 4h"."""
+    whole = max(0, int(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
 def _timestamp(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -73,7 +110,7 @@ def _row(state: ImportState, now: float) -> str:
         + _cell(state.id)
         + _cell(info.type if info else "")
         + f'<td class="status {status_class(info.status if info else None)}">'
-        + f"{html.escape(status)}</td>"
+        + f"{_escape(status)}</td>"
         + _cell(since)
         + _cell(ago(state.last_polled, now))
         + _cell(info.message if info else "", "message")
@@ -82,13 +119,71 @@ def _row(state: ImportState, now: float) -> str:
     )
 
 
+def _history_rows(records: Sequence[ImportRecord], page: int) -> str:
+    if not records:
+        note = "No finished imports yet." if page <= 1 else "No finished imports on this page."
+        return f'<tr><td colspan="9">{note}</td></tr>'
+    return "\n".join(_history_row(record) for record in records)
+
+
+def _history_row(record: ImportRecord) -> str:
+    duration = record.duration
+    return (
+        "<tr>"
+        + _cell(record.id)
+        + _cell(record.type)
+        + _history_status(record)
+        + _cell(record.message, "message")
+        + _cell(_timestamp(record.first_seen))
+        + _cell(_timestamp(record.final_at) if record.final_at is not None else "never")
+        + _cell(took(duration) if duration is not None else "")
+        + '<td class="labels">'
+        + " ".join(f'<span class="label">{_escape(f"{k}={v}")}</span>' for k, v in record.labels)
+        + "</td>"
+        + _cell(record.source)
+        + "</tr>"
+    )
+
+
+def _history_status(record: ImportRecord) -> str:
+    """The status the import ended with; a retired one keeps it, with a badge beside it."""
+    cell = f'<td class="status {status_class(record.status)}">'
+    cell += _escape(record.status or NO_ANSWER)
+    if record.retired_at is not None:
+        when = _timestamp(record.retired_at)
+        cell += f' <span class="badge retired" title="left the metrics {when}">retired</span>'
+    return cell + "</td>"
+
+
+def _pagination(page: int, pages: int) -> str:
+    """Links to the neighbouring history pages; nothing when there is only one.
+
+    A page past the last (an old link, the history shrank) links back to the last one.
+    """
+    if pages <= 1 and page <= 1:
+        return ""
+    links = []
+    if page > 1:
+        links.append(f'<a href="/?page={min(page - 1, pages)}" rel="prev">Previous</a>')
+    links.append(f"page {page} of {pages}")
+    if page < pages:
+        links.append(f'<a href="/?page={page + 1}" rel="next">Next</a>')
+    return '<nav class="pages" aria-label="History pages">' + " &middot; ".join(links) + "</nav>"
+
+
 def _cell(text: str, css_class: str = "") -> str:
     attribute = f' class="{css_class}"' if css_class else ""
-    return f"<td{attribute}>{html.escape(text)}</td>"
+    return f"<td{attribute}>{_escape(text)}</td>"
+
+
+def _escape(text: str) -> str:
+    # safe_text again although the text was made safe where it came in: a record read
+    # back from an older store, or a caller that forgot, must not fail the encoding.
+    return html.escape(safe_text(text), quote=True)
 
 
 def _exporter_state(last: RoundResult | None, tracked: int, now: float) -> str:
-    """The last poll round as a definition list (not a table: the page has one table)."""
+    """The last poll round as a definition list (not a table: the tables list imports)."""
     if last is None:
         return f"<p>{tracked} ids tracked. No poll round has ended yet.</p>"
     up = '<span class="up">yes</span>' if last.up else '<span class="down">no</span>'
@@ -138,6 +233,10 @@ dl.exporter dd {{ margin: 0; }}
 .status-waiting, .status-blocked {{ background: #fbe7b8; color: #6b4a00; }}
 .status-not-found, .status-unknown {{ background: #e4e4e4; color: #444; }}
 .up, .down {{ padding: 0 0.4em; font-weight: bold; }}
+.badge {{ padding: 0 0.5em; border-radius: 0.7em; font-size: 85%; font-weight: normal; }}
+.retired {{ background: #555; color: #fff; }}
+.label {{ background: #eef; border-radius: 0.3em; padding: 0 0.3em; margin-right: 0.2em; }}
+nav.pages {{ margin: 0.6em 0; }}
 </style>
 </head>
 <body>
@@ -147,7 +246,7 @@ dl.exporter dd {{ margin: 0; }}
 <h2>Tracked imports ({count})</h2>
 <p>As of the latest poll round; this page does not query Elevate, and reloads itself
 every {refresh} s.</p>
-<table>
+<table id="tracked">
 <thead><tr><th>Id</th><th>Type</th><th>Status</th><th>Since</th><th>Last polled</th>
 <th>Message</th><th>Last poll ok</th></tr></thead>
 <tbody>
@@ -156,6 +255,19 @@ every {refresh} s.</p>
 </table>
 <h2>Exporter</h2>
 {exporter}
+<h2>Finished and retired imports</h2>
+<p>Newest first. A finished import stays in the metrics for the retention
+(<code>--imports.retention</code>), then is retired: it leaves the metrics, and its
+alert resolves, but it stays listed here for the history period
+(<code>--storage.history</code>).</p>
+<table id="history">
+<thead><tr><th>Id</th><th>Type</th><th>Final status</th><th>Message</th><th>First seen</th>
+<th>Finished</th><th>Duration</th><th>Labels</th><th>Source</th></tr></thead>
+<tbody>
+{history}
+</tbody>
+</table>
+{pagination}
 </body>
 </html>
 """

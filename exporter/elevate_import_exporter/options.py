@@ -105,6 +105,36 @@ RUN_OPTIONS = (
         "10000",
     ),
     Option(
+        "--imports.retention",
+        "retention",
+        "ELEVATE_EXPORTER_IMPORTS_RETENTION",
+        "How long an import stays exported once final (or NOT_FOUND); then it is retired: "
+        "its series leave the metrics, its record stays in the history.",
+        "24h",
+    ),
+    Option(
+        "--storage.path",
+        "storage_path",
+        "ELEVATE_EXPORTER_STORAGE_PATH",
+        'SQLite file that keeps imports across restarts; "" keeps them in memory only.',
+        "data/elevate-import-exporter.db",
+    ),
+    Option(
+        "--storage.history",
+        "history",
+        "ELEVATE_EXPORTER_STORAGE_HISTORY",
+        "How long a retired import stays in the store's history.",
+        "30d",
+    ),
+    Option(
+        "--web.enable-registration",
+        "enable_registration",
+        "ELEVATE_EXPORTER_ENABLE_REGISTRATION",
+        "Allow POST and DELETE on /api/v1/imports (registering ids over HTTP). Protect the "
+        "port with basic auth (--web.config.file) when it is reachable by others.",
+        boolean=True,
+    ),
+    Option(
         "--web.listen-address",
         "listen_address",
         "ELEVATE_EXPORTER_LISTEN_ADDRESS",
@@ -126,6 +156,31 @@ RUN_OPTIONS = (
         "ELEVATE_EXPORTER_WEB_CONFIG_FILE",
         "exporter-toolkit web-config.yml: TLS, client certificates, basic auth, headers. "
         "Re-read when it changes and on SIGHUP.",
+    ),
+    Option(
+        "--proxy.listen-address",
+        "proxy_listen_address",
+        "ELEVATE_EXPORTER_PROXY_LISTEN_ADDRESS",
+        "[host]:port of the import proxy (off unless given): feed jobs send their imports "
+        "here, they go on to Elevate, and every import id in a 202 answer is tracked. "
+        "Repeatable; the variable takes a comma separated list.",
+        multiple=True,
+    ),
+    Option(
+        "--proxy.timeout",
+        "proxy_timeout",
+        "ELEVATE_EXPORTER_PROXY_TIMEOUT",
+        "How long the proxy waits for Elevate to answer a request, and for either side to "
+        "send the next bytes of a body; longer than Elevate's maximum request duration.",
+        "10m",
+    ),
+    Option(
+        "--proxy.label-header",
+        "proxy_label_header",
+        "ELEVATE_EXPORTER_PROXY_LABEL_HEADER",
+        "Request header whose value the proxy records as the feed label of the imports it "
+        "tracks (empty: none).",
+        "X-Feed-Name",
     ),
     Option(
         "--web.auth-exempt-health",

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -21,6 +21,9 @@ from typing import Protocol
 from elevate_import_exporter.holds import Holds
 from elevate_import_exporter.model import ApiError, ImportInfo, QueryError
 from elevate_import_exporter.sources import TrackedIds
+from elevate_import_exporter.state import ImportState as ImportState
+from elevate_import_exporter.state import RoundResult as RoundResult
+from elevate_import_exporter.state import Snapshot as Snapshot
 from elevate_import_exporter.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,12 @@ FORGET_AFTER = 15 * 60.0
 MAX_DEPARTED = 100_000
 # The RoundResult.failures key of ids not asked because Elevate asked to wait.
 HELD = "retry_after"
+# With nothing to ask, one request for an id that cannot exist tells whether key and
+# cluster still work (a valid key gets 200 NOT_FOUND); no more often than this.
+PROBE_EVERY = 5 * 60.0
+# Real ids are long numbers or uuid-like strings; "0" is never one, and it passes the
+# id rule of every flavour.
+PROBE_ID = "0"
 
 
 class StatusQuery(Protocol):
@@ -45,36 +54,6 @@ class StatusQuery(Protocol):
     ) -> ImportInfo: ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ImportState:
-    id: str
-    first_seen: float
-    info: ImportInfo | None = None
-    status_since: float | None = None
-    poll_success: bool = False
-    # When the latest answer (good or not) for the id came in; None: never asked.
-    last_polled: float | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.info is not None and self.info.final
-
-
-@dataclass(frozen=True, slots=True)
-class RoundResult:
-    up: bool
-    seconds: float
-    queried: int
-    ended: float  # wall-clock time, as the poller's clock tells it
-    failures: Mapping[str, int] = field(default_factory=dict)  # ids without an answer, by why
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    imports: Mapping[str, ImportState]
-    last_round: RoundResult | None
 
 
 @dataclass
@@ -100,6 +79,9 @@ class Poller:
         min_interval: float = 0.0,
         forget_after: float = FORGET_AFTER,
         clock: Callable[[], float] = time.time,
+        probe_id: str | None = None,
+        probe_every: float = PROBE_EVERY,
+        restored: Iterable[ImportState] = (),
     ) -> None:
         self._api = api
         self._ids = ids
@@ -114,6 +96,12 @@ class Poller:
         self._imports: Mapping[str, ImportState] = {}
         # Ids that left their source: state and when (monotonic) they left, oldest first.
         self._departed: dict[str, tuple[ImportState, float]] = {}
+        # States kept elsewhere (the store, a registration) for ids not tracked yet.
+        self._restored: dict[str, ImportState] = {state.id: state for state in restored}
+        self._probe_id = probe_id
+        self._probe_every = probe_every
+        self._probed_at: float | None = None  # monotonic
+        self._probe_up = True
         self._last_round: RoundResult | None = None
         self._last_end: float | None = None  # monotonic
         self._sync_ids()
@@ -126,6 +114,26 @@ class Poller:
         with self._lock:
             imports, last_round = self._imports, self._last_round
         return Snapshot(imports, last_round)
+
+    def restore(self, states: Iterable[ImportState]) -> None:
+        """Take up these states when their ids appear in a source (now or later): first
+        seen and status survive a restart, and a final status is not asked again."""
+        with self._lock:
+            for state in states:
+                self._restored[state.id] = state
+                self._departed.pop(state.id, None)
+
+    def forget(self, ids: Iterable[str]) -> None:
+        """Drop all that is kept of ``ids`` once they leave their sources (retired or
+        deleted): should they come back, they start anew."""
+        with self._lock:
+            for import_id in ids:
+                self._restored.pop(import_id, None)
+                self._departed.pop(import_id, None)
+
+    def sync(self) -> None:
+        """Follow the sources now, between rounds: ids that left leave the state at once."""
+        self._sync_ids()
 
     def poll(self, budget: float) -> None:
         """Run a round that ends within ``budget`` seconds, or wait for the one running.
@@ -182,7 +190,8 @@ class Poller:
             state = known.get(import_id)
             if state is None:
                 kept = departed.pop(import_id, None)
-                state = kept[0] if kept else ImportState(import_id, first_seen=now)
+                restored = self._restored.pop(import_id, None)
+                state = kept[0] if kept else restored or ImportState(import_id, first_seen=now)
             imports[import_id] = state
         if self._forget_after > 0:
             for import_id, state in known.items():
@@ -222,9 +231,12 @@ class Poller:
         self._apply(answers, held)
         # Ids that left while the round ran leave now, not one scrape later.
         self._sync_ids()
+        # Held ids were not queried: the contract's up is about the ids a round asked.
+        up = not any(reason != HELD for reason in failures)
+        if not pending:
+            up = self._probe(deadline)
         result = RoundResult(
-            # Held ids were not queried: the contract's up is about the ids a round asked.
-            up=not any(reason != HELD for reason in failures),
+            up=up,
             seconds=time.monotonic() - started,
             queried=len(asked),
             ended=self._clock(),
@@ -232,6 +244,30 @@ class Poller:
         )
         with self._lock:
             self._last_round = result
+
+    def _probe(self, deadline: float) -> bool:
+        """The verdict of the latest probe, asking anew when one is due."""
+        probe_id, now = self._probe_id, time.monotonic()
+        due = self._probed_at is None or now - self._probed_at >= self._probe_every
+        if probe_id is None or not due or self._holds.held([probe_id]):
+            return self._probe_up
+        try:
+            self._api.import_status(probe_id, deadline, threading.Event())
+        except ApiError as error:
+            self._holds.note(probe_id, error)
+            log.warning(
+                "probe request (no import to poll) failed: reason=%s code=%s: %s",
+                error.reason,
+                error.code,
+                error.detail,
+            )
+            self._probe_up = False
+        except QueryError:  # not sent: the round's time was up; the last verdict stands
+            return self._probe_up
+        else:
+            self._probe_up = True
+        self._probed_at = now
+        return self._probe_up
 
     def _query(self, import_id: str, deadline: float, stop: threading.Event) -> ImportInfo:
         try:

@@ -106,6 +106,13 @@ class TrackedIds:
         self._owner: dict[str, str] = {}
         self._counts: dict[str, int] = {}
         self._refused = 0
+        self._excluded: frozenset[str] = frozenset()
+
+    def exclude(self, ids: frozenset[str]) -> None:
+        """Track none of ``ids`` from now on, whichever source holds them (retired ids)."""
+        with self._lock:
+            self._excluded = ids
+            self._seen = None  # join anew at the next call
 
     def current(self) -> tuple[str, ...]:
         parts = tuple(source.current() for source in self.sources)
@@ -147,9 +154,11 @@ class TrackedIds:
 
     def _join(self, parts: tuple[tuple[str, ...], ...]) -> None:
         owner: dict[str, str] = {}
+        excluded = self._excluded
         for source, ids in zip(self.sources, parts, strict=True):
             for import_id in ids:
-                owner.setdefault(import_id, source.name)
+                if import_id not in excluded:
+                    owner.setdefault(import_id, source.name)
         refused = 0
         if self._max is not None and len(owner) > self._max:
             refused = len(owner) - self._max

@@ -1,17 +1,18 @@
-"""The exporter's HTTP side: requests, routed to the application.
+"""The exporter's HTTP side: requests, routed to the application and to ``/api/v1/``.
 
-:mod:`~elevate_import_exporter.connections` reads each request's head without a thread;
-here a handler thread answers it, building the whole answer in memory.
+:mod:`~elevate_import_exporter.connections` reads each request (head and body) without a
+thread; here a handler thread answers it, building the whole answer in memory.
 
 With a web config (exporter-toolkit web-config.yml) every request must carry the basic-auth
-credentials of one of its users, except on the paths given as ``auth_exempt_paths`` (the
-application's choice, by default none), and every answer carries its extra headers.
+credentials of one of its users, except on the ``auth_exempt_paths`` (by default none),
+and every answer carries its extra headers.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 import resource
 import threading
 import time
@@ -19,19 +20,26 @@ from collections.abc import Callable, Collection, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 
-from elevate_import_exporter import __version__
+from elevate_import_exporter import __version__, framing, restapi
 from elevate_import_exporter.auth import CHALLENGE, BasicAuth
+from elevate_import_exporter.catalog import CatalogError
+from elevate_import_exporter.config import Settings
 from elevate_import_exporter.connections import Connections
 from elevate_import_exporter.exposition import Exposition, Renderer
 from elevate_import_exporter.handshake import ServerTls
+from elevate_import_exporter.landing import HISTORY_PAGE_SIZE as ROWS
 from elevate_import_exporter.landing import landing_page
 from elevate_import_exporter.listeners import ListenError as ListenError
 from elevate_import_exporter.listeners import listen_all
 from elevate_import_exporter.poller import Snapshot
+from elevate_import_exporter.scrapetime import DEFAULT_SCRAPE_TIMEOUT as DEFAULT_SCRAPE_TIMEOUT
+from elevate_import_exporter.scrapetime import MAX_SCRAPE_TIMEOUT as MAX_SCRAPE_TIMEOUT
+from elevate_import_exporter.scrapetime import poll_budget
+from elevate_import_exporter.scrapetime import scrape_timeout as scrape_timeout
 from elevate_import_exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -54,18 +62,11 @@ WRITE_TIMEOUT = 30.0
 DRAIN_SECONDS = 5.0
 # Poll budget of the first round, which has no scrape to go by.
 DEFAULT_BUDGET = 10.0
-# The scrape timeout assumed without a usable X-Prometheus-Scrape-Timeout-Seconds
-# (Prometheus' default), and the most a client may ask for.
-DEFAULT_SCRAPE_TIMEOUT = 10.0
-MAX_SCRAPE_TIMEOUT = 300.0
-MIN_BUDGET = 0.1
-# The answer must be written within the scrape timeout: the poll ends this much earlier
-# than the time left after rendering (estimated at RENDER_FACTOR times the last render).
-BUDGET_MARGIN = 0.5
-RENDER_FACTOR = 1.5
 
 _TEXT = "text/plain; charset=utf-8"
+_PAGE = re.compile(r"[1-9][0-9]{0,5}")  # /?page=N of the history; anything else is page 1
 _NO_WEB_CONFIG = WebConfig()
+_DOWN = (CatalogError,)  # the store cannot take or give anything now: 503
 
 
 class Site(Protocol):
@@ -76,29 +77,17 @@ class Site(Protocol):
     @property
     def telemetry_path(self) -> str: ...
 
+    settings: Settings  # its API flavour (--elevate.api) decides what an id looks like
+    registration_enabled: bool
+
+    @property
+    def catalog(self) -> restapi.Catalog: ...
+
     def poll(self, budget: float) -> None: ...
 
     def snapshot(self) -> Snapshot: ...
 
     def is_ready(self) -> bool: ...
-
-
-def scrape_timeout(header: str | None) -> float:
-    """The client's ``X-Prometheus-Scrape-Timeout-Seconds``: a finite positive number of
-    seconds, at most :data:`MAX_SCRAPE_TIMEOUT`; anything else means the default."""
-    try:
-        seconds = float(header or "")
-    except ValueError:
-        return DEFAULT_SCRAPE_TIMEOUT
-    if not 0 < seconds < float("inf"):  # also false for nan
-        return DEFAULT_SCRAPE_TIMEOUT
-    return min(seconds, MAX_SCRAPE_TIMEOUT)
-
-
-def poll_budget(timeout: float, spent: float, render_seconds: float) -> float:
-    """Seconds the poll may take so that the answer is written ``timeout`` seconds after
-    the request, ``spent`` of them gone already, rendering taking about ``render_seconds``."""
-    return max(MIN_BUDGET, timeout - spent - BUDGET_MARGIN - RENDER_FACTOR * render_seconds)
 
 
 class HttpServer:
@@ -209,6 +198,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.received = received
         self.client_address = (peer, 0)
         self.rfile = io.BytesIO(head)
+        self.body = b""
+        self.refused = False  # its framing: the connection closes after the answer
         self._out = self.wfile = io.BytesIO()
         self.close_connection = True
         self.web_config, self.auth = http.web()
@@ -221,19 +212,38 @@ class _Handler(BaseHTTPRequestHandler):
         # Here rather than in do_GET, so that every method of every path is covered.
         if not super().parse_request():
             return False
-        if self.auth is None or urlsplit(self.path).path in self.http.auth_exempt_paths:
-            return True
-        if self.auth.check(self.headers.get("Authorization")):
-            return True
-        self._send(HTTPStatus.UNAUTHORIZED, b"Unauthorized.\n", _TEXT, challenge=True)
-        return False
+        url = urlsplit(self.path)
+        frame = framing.framing(self.headers)
+        if frame.refusal is not None:
+            self.refused = True  # its body cannot be told from the next request
+            if url.path.startswith(restapi.PREFIX):
+                self._api(url, frame)
+            else:
+                self._send(frame.refusal, f"{frame.reason}.\n".encode(), _TEXT)
+            return False
+        self.body = self.rfile.read(frame.length)
+        auth, credentials = self.auth, self.headers.get("Authorization")
+        if auth and url.path not in self.http.auth_exempt_paths and not auth.check(credentials):
+            api = url.path.startswith(restapi.PREFIX)
+            body, kind = (
+                (restapi.UNAUTHORIZED, restapi.JSON_TYPE) if api else (b"Unauthorized.\n", _TEXT)
+            )
+            self._send(HTTPStatus.UNAUTHORIZED, body, kind, challenge=True)
+            return False
+        if self.command not in ("GET", "HEAD"):  # every other method: 405 or 404, never 501
+            self.do_GET()
+            return False
+        return True
+
+    def handle_expect_100(self) -> bool:
+        return True  # the loop sent "100 Continue" if the client waited: the body is here
 
     def end_headers(self) -> None:
         # Every answer, errors from BaseHTTPRequestHandler included, gets the extra headers.
         for name, value in self.web_config.http.headers.items():
             self.send_header(name, value)
-        if self.http.draining and not self.close_connection:
-            self.send_header("Connection", "close")  # the server is stopping
+        if self.refused or (self.http.draining and not self.close_connection):
+            self.send_header("Connection", "close")  # refused, or the server is stopping
         super().end_headers()
 
     def do_HEAD(self) -> None:
@@ -243,20 +253,42 @@ class _Handler(BaseHTTPRequestHandler):
         site = self.http.site
         url = urlsplit(self.path)
         path = url.path
-        if path == site.telemetry_path:
+        if path.startswith(restapi.PREFIX):
+            self._api(url)
+        elif path not in (site.telemetry_path, "/", "/-/healthy", "/-/ready"):
+            self._send(HTTPStatus.NOT_FOUND, b"Not found.\n", _TEXT)
+        elif self.command not in ("GET", "HEAD"):
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"GET only.\n", _TEXT, allow="GET, HEAD")
+        elif path == site.telemetry_path:
             self._metrics(site, parse_qs(url.query).get("name[]", []))
         elif path == "/":
-            page = landing_page(site.snapshot(), site.telemetry_path)
-            self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
+            self._landing(site, url.query)
         elif path == "/-/healthy":
             self._send(HTTPStatus.OK, b"Healthy.\n", _TEXT)
-        elif path == "/-/ready":
-            if site.is_ready():
-                self._send(HTTPStatus.OK, b"Ready.\n", _TEXT)
-            else:
-                self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"Not ready.\n", _TEXT)
+        elif site.is_ready():
+            self._send(HTTPStatus.OK, b"Ready.\n", _TEXT)
         else:
-            self._send(HTTPStatus.NOT_FOUND, b"Not found.\n", _TEXT)
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"Not ready.\n", _TEXT)
+
+    def _api(self, url: SplitResult, refused: framing.Framing | None = None) -> None:
+        site = self.http.site
+        api = restapi.RestApi(site.catalog, site.registration_enabled, site.settings.api, _DOWN)
+        content_type = self.headers.get("Content-Type")
+        request = restapi.Request(self.command, url.path, url.query, content_type, self.body)
+        answer = api.refused(request, refused) if refused else api.answer(request)
+        self._send(answer.status, answer.body, restapi.JSON_TYPE, allow=answer.allow)
+
+    def _landing(self, site: Site, query: str) -> None:
+        pages = parse_qs(query).get("page", [])
+        page = int(pages[0]) if len(pages) == 1 and _PAGE.fullmatch(pages[0]) else 1
+        try:
+            history, total = site.catalog.query(finished=True, limit=ROWS, offset=ROWS * (page - 1))
+        except CatalogError as exc:  # the live imports are worth a page without the history
+            log.warning("landing page without history: %s", exc)
+            history, total = [], 0
+        count = max(1, -(-total // ROWS))
+        body = landing_page(site.snapshot(), site.telemetry_path, history, page, count)
+        self._send(HTTPStatus.OK, body, "text/html; charset=utf-8")
 
     def _metrics(self, site: Site, names: list[str]) -> None:
         if not self.http.scrape_slots.acquire(blocking=False):
@@ -284,7 +316,7 @@ class _Handler(BaseHTTPRequestHandler):
         site.poll(poll_budget(timeout, time.monotonic() - self.received, render_seconds))
         snapshot = site.snapshot()
         # Scrapes answered from the same round share one rendered answer.
-        state = (snapshot.imports, snapshot.last_round)
+        state = (snapshot.imports, snapshot.last_round, site.catalog.version)
         return renderer.render(accept, encoding, names, state)
 
     def _send(
@@ -295,17 +327,21 @@ class _Handler(BaseHTTPRequestHandler):
         content_encoding: str | None = None,
         *,
         challenge: bool = False,
+        allow: str | None = None,
     ) -> None:
         self.send_response(status)
         if challenge:
             self.send_header("WWW-Authenticate", CHALLENGE)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if allow:
+            self.send_header("Allow", allow)
+        if status != HTTPStatus.NO_CONTENT:  # which has neither
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
         if content_encoding:
             self.send_header("Content-Encoding", content_encoding)
         self.send_header("Vary", "Accept, Accept-Encoding")
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command != "HEAD" and status != HTTPStatus.NO_CONTENT:
             self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -1,9 +1,9 @@
-"""The command line: ``run``, ``demo``, ``simulate`` and ``status``. Only ``cli`` imports click.
+"""The command line: ``run``, ``demo``, ``simulate``, ``status`` and ``track``.
 
-Flags are built from :mod:`elevate_import_exporter.options`' table and handed over as
-raw strings; the configuration decides what a good value is. Errors of the core become
-exit status 2 here, and logging is configured here once. One module per command group;
-``common`` holds what they share.
+Only ``cli`` imports click. Flags are built from :mod:`elevate_import_exporter.options`'
+table and handed over as raw strings; the configuration decides what a good value is.
+Errors of the core become exit status 2 here, and logging is configured here once. One
+module per command group; ``common`` holds what they share.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.cli import exporter, simulate, status
+from elevate_import_exporter.cli import exporter, simulate, status, track
 from elevate_import_exporter.cli.common import SetupError
 
 __all__ = ["SetupError", "cli", "main"]
@@ -27,6 +27,7 @@ cli.add_command(exporter.run)
 cli.add_command(exporter.demo)
 cli.add_command(simulate.simulate)
 cli.add_command(status.status_command)
+cli.add_command(track.track_command)
 
 
 def main() -> None:

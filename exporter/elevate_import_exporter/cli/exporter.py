@@ -26,10 +26,18 @@ from elevate_import_exporter.config import Settings
 from elevate_import_exporter.idsfile import IdsFileError
 from elevate_import_exporter.listeners import ListenError
 from elevate_import_exporter.options import LOG_OPTIONS, RUN_OPTIONS
-from elevate_import_exporter.simulator import DEMO_UNKNOWN_ID, STATUS_PATH, demo_imports
+from elevate_import_exporter.simulator import (
+    DEMO_UNKNOWN_ID,
+    STATUS_PATH,
+    FeedJob,
+    demo_feeds,
+    demo_imports,
+)
+from elevate_import_exporter.store import StoreError
 from elevate_import_exporter.webconfig import WebConfigError
 
 SIMULATOR_LISTEN_ADDRESS = "127.0.0.1:10026"
+DEMO_PROXY_LISTEN_ADDRESS = "127.0.0.1:10027"
 # The demo behaves as if Prometheus scraped it this often, so its page moves by itself.
 DEMO_SCRAPE_INTERVAL = 2.0
 
@@ -63,9 +71,26 @@ def run(**options: Any) -> None:
     show_default=True,
     help="[host]:port of the simulated Elevate API.",
 )
+@click.option(
+    "--proxy",
+    "with_proxy",
+    is_flag=True,
+    help="Run the import proxy too, and a made-up feed job that pushes a few feeds through "
+    "it: the imports they start join the page by themselves.",
+)
+@flag(
+    run_option("proxy_listen_address"),
+    default=DEMO_PROXY_LISTEN_ADDRESS,
+    help="[host]:port of the import proxy (with --proxy).",
+)
 @flags(*LOG_OPTIONS)
 def demo(
-    listen_address: tuple[str, ...], simulator_address: str, log_level: str, log_format: str
+    listen_address: tuple[str, ...],
+    simulator_address: str,
+    with_proxy: bool,
+    proxy_listen_address: str,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Try it: a simulated Elevate API with scripted imports, and the exporter watching it."""
     level, fmt = log_settings(log_level, log_format)
@@ -80,31 +105,54 @@ def demo(
             import_ids=ids,
             listen_address=listen_address,
             min_poll_interval=f"{DEMO_SCRAPE_INTERVAL:g}s",
+            # The demo's imports are made up anew each time: nothing worth keeping on disk.
+            storage_path="",
+            proxy_listen_address=[proxy_listen_address] if with_proxy else [],
             log_level=level,
             log_format=fmt,
         )
         app = _start(settings)
         stop_scraping = app.scrape_every(DEMO_SCRAPE_INTERVAL)
+        feed_job = None
+        proxy_line = ""
+        if with_proxy:
+            proxy_url = _url(proxy_listen_address)
+            feed_job = FeedJob(proxy_url, key, simulator.import_desk, demo_feeds())
+            proxy_line = (
+                f"  import proxy:       {proxy_url}/   (a made-up feed job pushes "
+                f"{len(demo_feeds())} feeds through it every minute: their imports are tracked "
+                "by themselves)\n"
+            )
         click.echo(
             f"Elevate import exporter {__version__}: demo\n"
             f"  exporter:           {app.url}/   (metrics: {app.url}{settings.telemetry_path})\n"
             f"  simulated Elevate:  {simulator.url}{STATUS_PATH}{{id}}\n"
+            f"{proxy_line}"
             f"Tracking {len(ids)} imports: two succeed, one fails, one stays in progress, "
             f"one is aborted, one is unknown to the cluster.\n"
             f"They move over the next 30 seconds; the page follows them by itself "
             f"(the demo polls every {DEMO_SCRAPE_INTERVAL:g} s, as Prometheus would scrape). "
             f"Ctrl-C stops."
         )
+        if feed_job is not None:
+            feed_job.start()
 
         def cleanup() -> None:
+            if feed_job is not None:
+                feed_job.stop()
             stop_scraping()
             app.stop()
 
         serve_until_stopped(app.serve_forever, cleanup, drain=app.drain)
 
 
+def _url(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"http://{host or '127.0.0.1'}:{port}"
+
+
 def _start(settings: Settings) -> Application:
     try:
         return Application(settings)
-    except (IdsFileError, ListenError, WebConfigError) as exc:
+    except (IdsFileError, ListenError, StoreError, WebConfigError) as exc:
         raise SetupError(str(exc)) from None

@@ -24,6 +24,7 @@ from elevate_import_exporter.config import ConfigError, check_key, read_key_file
 from elevate_import_exporter.model import API_FLAVOURS
 from elevate_import_exporter.options import LOG_OPTIONS
 from elevate_import_exporter.simulator import (
+    IMPORT_ENDPOINTS,
     SCENARIO_FORMAT,
     ScenarioError,
     ScriptedImport,
@@ -35,7 +36,7 @@ from elevate_import_exporter.simulator import (
 SIMULATOR_DEFAULT_KEY = "simulator-key"
 
 
-@click.command(epilog="\b\n" + SCENARIO_FORMAT)
+@click.command(epilog="\b\n" + SCENARIO_FORMAT + "\n\n\b\n" + IMPORT_ENDPOINTS)
 @flag(
     run_option("listen_address"),
     envvar="ELEVATE_SIMULATOR_LISTEN_ADDRESS",

@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
+from elevate_import_exporter.simulator.imports import import_kind
+
 if TYPE_CHECKING:
     from elevate_import_exporter.simulator.server import Simulator
 
@@ -38,6 +40,8 @@ Answer = tuple[int, bytes, bytes]
 
 _REASONS = {
     200: b"OK",
+    202: b"Accepted",
+    204: b"No Content",
     400: b"Bad Request",
     403: b"Forbidden",
     404: b"Not Found",
@@ -181,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self.handle_expect_100()
         else:
             self.close_connection = "keep-alive" not in tokens
-        if command not in {"GET", "POST"}:
+        if command not in {"GET", "POST", "PUT"}:
             # Answered here: any other method, even one http.server has never heard of.
             self._not_allowed()
             return False
@@ -201,8 +205,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(answer)
 
     def do_POST(self) -> None:
-        self._drain_body()
-        self._send(self.server.sim._answer_post(self.path.partition("?")[0]))
+        path = self.path.partition("?")[0]
+        sim = self.server.sim
+        if import_kind(sim.api, path) is not None:
+            answer = sim.import_desk.receive(self.command, path, self.fields, self.rfile)
+            if answer is None:
+                self.close_connection = True
+            else:
+                self._send(answer)
+        elif self.command == "POST":
+            self._drain_body()
+            self._send(sim._answer_post(path))
+        else:
+            self._not_allowed()
+
+    do_PUT = do_POST
 
     def _not_allowed(self) -> None:
         self._drain_body()
@@ -238,16 +255,15 @@ class _Handler(BaseHTTPRequestHandler):
             extra += b"Connection: close\r\n"
         elif self.request_version == "HTTP/1.0":
             extra += b"Connection: keep-alive\r\n"
+        framing = b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, len(body))
         # One write for headers and body: one TCP segment for a small answer.
         self.wfile.write(
-            b"HTTP/1.1 %d %s\r\nServer: elevate-simulator\r\nDate: %s\r\n"
-            b"Content-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s"
+            b"HTTP/1.1 %d %s\r\nServer: elevate-simulator\r\nDate: %s\r\n%s%s\r\n%s"
             % (
                 code,
                 _REASONS[code],
                 _http_date(),
-                content_type,
-                len(body),
+                b"" if code == 204 else framing,
                 extra,
                 b"" if self.command == "HEAD" else body,
             )

@@ -22,6 +22,7 @@ from elevate_import_exporter.simulator.httpd import (
     Answer,
     Server,
 )
+from elevate_import_exporter.simulator.imports import ImportDesk, Upload
 from elevate_import_exporter.simulator.scripts import (
     ScenarioError,
     ScriptedImport,
@@ -127,6 +128,8 @@ class Simulator:
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._host = ""
+        # What the import endpoints take and answer (see simulator.imports).
+        self.import_desk = ImportDesk(self)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -216,6 +219,11 @@ class Simulator:
         check_id(imp.id, self._api)
         with self._lock:
             self._imports[imp.id] = _Progress(imp, time.monotonic())
+
+    @property
+    def uploads(self) -> list[Upload]:
+        """Every import request received so far, in order."""
+        return self.import_desk.uploads
 
     def requests_for(self, import_id: str) -> int:
         """Status requests received for ``import_id``, whatever they were answered."""

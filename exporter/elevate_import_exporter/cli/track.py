@@ -1,0 +1,323 @@
+"""``track``: hand import ids to a running exporter, from a feed job or a pipeline.
+
+The flags become typed values here (URL, labels, credentials, TLS files, timeout); the
+requests, their limits and the reading of the answers are :mod:`..track`'s.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import ssl
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+
+from elevate_import_exporter import __version__
+from elevate_import_exporter.cli.common import SetupError
+from elevate_import_exporter.config import parse_duration
+from elevate_import_exporter.files import UnreadableFile, read_regular_file, read_text_file
+from elevate_import_exporter.track import (
+    CREDENTIAL_HINT,
+    EXIT_UNREACHABLE,
+    PATH,
+    Client,
+    Credentials,
+    Endpoint,
+    TrackError,
+    one_line,
+    registrations,
+    track,
+    usage,
+)
+
+PASSWORD_ENV = "ELEVATE_EXPORTER_PASSWORD"  # noqa: S105 (the variable's name, not a password)
+MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 600.0
+MAX_RETRIES = 10
+INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
+# A password is short and a certificate or key small: a larger file is none of them.
+MAX_PASSWORD_FILE_BYTES = 64 * 1024
+MAX_PEM_FILE_BYTES = 1024 * 1024
+_URL_PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
+
+EPILOG = f"""\b
+Exit status:
+  0  every id registered (created, or already tracked)
+  1  the exporter refused: 4xx (a bad id or label, credentials, registration
+     disabled, ...) or a redirect (never followed)
+  2  usage: a bad flag, an empty id, a bad label, an unreadable file
+  {EXIT_UNREACHABLE}  no usable answer: connection, TLS, timeout, 5xx, an unreadable answer
+     (all but TLS and unreadable answers are retried --retries times)
+  130  interrupted (Ctrl-C)
+
+\b
+The password comes from --exporter.password-file or the variable
+{PASSWORD_ENV}, never from a flag. Example:
+  {PASSWORD_ENV}=... elevate-import-exporter track \\
+    --exporter https://exporter:10025 --exporter.username feeds \\
+    --type PRODUCT --label feed=products "$IMPORT_ID\""""
+
+
+@click.command("track", epilog=EPILOG)
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option(
+    "--exporter",
+    "url",
+    envvar="ELEVATE_EXPORTER_URL",
+    show_envvar=True,
+    metavar="URL",
+    help="Base URL of the exporter, e.g. https://exporter:10025 (a path prefix is kept).",
+)
+@click.option("--type", "import_type", default="", metavar="TYPE", help="Import type to record.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label for the imports (key: a-z 0-9 _); repeatable.",
+)
+@click.option(
+    "--exporter.username",
+    "username",
+    envvar="ELEVATE_EXPORTER_USERNAME",
+    show_envvar=True,
+    help="Basic auth user of the exporter's web config.",
+)
+@click.option(
+    "--exporter.password-file",
+    "password_file",
+    envvar="ELEVATE_EXPORTER_PASSWORD_FILE",
+    show_envvar=True,
+    metavar="FILE",
+    help=f"File holding the basic auth password (else the variable {PASSWORD_ENV}).",
+)
+@click.option(
+    "--exporter.ca-file",
+    "ca_file",
+    envvar="ELEVATE_EXPORTER_CA_FILE",
+    show_envvar=True,
+    metavar="FILE",
+    help="PEM CA certificates to trust instead of the system's.",
+)
+@click.option(
+    "--exporter.cert-file",
+    "cert_file",
+    envvar="ELEVATE_EXPORTER_CERT_FILE",
+    show_envvar=True,
+    metavar="FILE",
+    help="PEM client certificate, with --exporter.key-file.",
+)
+@click.option(
+    "--exporter.key-file",
+    "key_file",
+    envvar="ELEVATE_EXPORTER_KEY_FILE",
+    show_envvar=True,
+    metavar="FILE",
+    help="PEM key of the client certificate (not encrypted).",
+)
+@click.option(
+    "--exporter.allow-insecure",
+    "allow_insecure",
+    is_flag=True,
+    help="Send the password over http:// to another host than this one.",
+)
+@click.option(
+    "--timeout",
+    default="10s",
+    metavar="DURATION",
+    show_default=True,
+    help="Bound of each attempt: connecting, every read and the whole exchange.",
+)
+@click.option(
+    "--retries",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, MAX_RETRIES),
+    help="More attempts after a connection problem, timeout or 5xx (1s, 2s, 4s ... apart).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@click.pass_context
+def track_command(
+    ctx: click.Context,
+    /,
+    ids: tuple[str, ...],
+    url: str | None,
+    import_type: str,
+    labels: tuple[str, ...],
+    username: str | None,
+    password_file: str | None,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    allow_insecure: bool,
+    timeout: str,
+    retries: int,
+    quiet: bool,
+) -> None:
+    """Register import ids with a running exporter (POST /api/v1/imports).
+
+    Prints a line per id: "ID created" or "ID already tracked". Only the exporter
+    judges the ids (it knows the API flavour); empty ids and labels are checked here.
+    """
+    try:
+        if not url:
+            raise usage("--exporter (or ELEVATE_EXPORTER_URL) is required")
+        items = registrations(ids, import_type, [_label(label) for label in labels])
+        client = Client(
+            _endpoint(url),
+            credentials=_credentials(username, password_file),
+            tls=_tls(ca_file, cert_file, key_file),
+            timeout=_timeout(timeout),
+            retries=retries,
+            user_agent=f"elevate-import-exporter/{__version__} track",
+        )
+        _check_transport(client, allow_insecure=allow_insecure)
+    except TrackError as exc:
+        raise SetupError(str(exc)) from None
+    try:
+        for batch in track(client, items):
+            for tracked in () if quiet else batch:
+                state = "created" if tracked.created else "already tracked"
+                click.echo(f"{one_line(tracked.id)} {state}")
+    except TrackError as exc:
+        # As click shows its own errors (SetupError): "Error: " and one line.
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        ctx.exit(INTERRUPTED)
+
+
+def _endpoint(url: str) -> Endpoint:
+    parts = urlsplit(url.strip())
+    if "@" in parts.netloc:
+        # Not echoed: it holds a password, and a password on a command line shows in `ps`.
+        raise usage(f"--exporter must not hold credentials (user:password@): use {CREDENTIAL_HINT}")
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if scheme not in ("http", "https") or not host or not host.isascii() or port == -1:
+        raise usage(f"--exporter must be an http:// or https:// URL, got {url[:100]!r}")
+    if parts.query or parts.fragment or not _URL_PATH.fullmatch(parts.path):
+        raise usage(f"--exporter must be a base URL without query or fragment, got {url[:100]!r}")
+    base = parts.path.rstrip("/")
+    port = port or (443 if scheme == "https" else 80)
+    return Endpoint(scheme, host, port, base + PATH, f"{scheme}://{parts.netloc}{base}")
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals:
+        raise usage(f"--label must be key=value, got {text[:100]!r}")
+    return key, value
+
+
+def _credentials(username: str | None, password_file: str | None) -> Credentials | None:
+    from_env = os.environ.get(PASSWORD_ENV) or None
+    if password_file and from_env:
+        raise usage(f"give the password once: --exporter.password-file or {PASSWORD_ENV}")
+    password = _password_from(password_file) if password_file else from_env
+    if not username:
+        if password is not None:
+            raise usage("a password is given but no --exporter.username")
+        return None
+    if ":" in username or not username.isprintable():
+        raise usage("--exporter.username must not hold ':' or control characters")
+    if not password:
+        raise usage(
+            f"--exporter.username needs a password: --exporter.password-file or {PASSWORD_ENV}"
+        )
+    return Credentials(username, password)
+
+
+def _password_from(path: str) -> str:
+    try:
+        _, text = read_text_file(Path(path), MAX_PASSWORD_FILE_BYTES)
+    except UnreadableFile as exc:
+        raise usage(f"--exporter.password-file {path}: {exc}") from None
+    # As Prometheus reads a password_file: white space around it (the final newline) is
+    # not part of the password.
+    password = text.strip()
+    if not password:
+        raise usage(f"--exporter.password-file {path} is empty")
+    return password
+
+
+def _tls(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext | None:
+    """None without TLS options (https:// then trusts the system's CAs)."""
+    if bool(cert_file) != bool(key_file):
+        raise usage("--exporter.cert-file and --exporter.key-file go together")
+    if not ca_file and not cert_file:
+        return None
+    context = ssl.create_default_context()
+    if ca_file:
+        pem = _read(ca_file, "--exporter.ca-file").decode("utf-8", "replace")
+        try:
+            # Only this CA, as Prometheus' ca_file: a private CA is not to be mixed with others.
+            context = ssl.create_default_context(cadata=pem)
+        except (ssl.SSLError, ValueError) as exc:
+            raise usage(
+                f"--exporter.ca-file {ca_file}: no PEM certificate in it ({one_line(str(exc))})"
+            ) from None
+    if cert_file and key_file:
+        # Read once here, so that a named pipe or a huge file fails at once instead of
+        # blocking OpenSSL, which reads them again by name.
+        _read(cert_file, "--exporter.cert-file")
+        _read(key_file, "--exporter.key-file")
+        try:
+            # A callable, so that an encrypted key fails instead of asking on the terminal.
+            context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+        except (OSError, ValueError) as exc:
+            raise usage(
+                f"--exporter.cert-file {cert_file} with --exporter.key-file {key_file}: not a "
+                f"matching PEM certificate and unencrypted key ({one_line(str(exc))})"
+            ) from None
+    return context
+
+
+def _no_passphrase() -> bytes:
+    raise ValueError("the key is encrypted")
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        return read_regular_file(Path(path), MAX_PEM_FILE_BYTES)[1]
+    except UnreadableFile as exc:
+        raise usage(f"{flag} {path}: {exc}") from None
+
+
+def _timeout(value: str) -> float:
+    seconds = parse_duration(value)
+    if seconds is None or not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:
+        raise usage(
+            f"--timeout must be a duration such as 500ms, 10s or 1m, from {MIN_TIMEOUT:g}s to "
+            f"{MAX_TIMEOUT:g}s, got {value[:100]!r}"
+        )
+    return seconds
+
+
+def _check_transport(client: Client, *, allow_insecure: bool) -> None:
+    """Refuse TLS options without TLS, and a password in clear text to another host."""
+    endpoint = client.endpoint
+    if endpoint.scheme == "https":
+        return
+    if client.tls is not None:
+        raise usage(f"TLS options need an https:// --exporter URL, got {endpoint.shown}")
+    if client.credentials and not allow_insecure and not _loopback(endpoint.host):
+        raise usage(
+            f"the password would cross the network in clear text to {endpoint.shown}: use "
+            f"https://, or --exporter.allow-insecure to send it anyway"
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,227 @@
+"""The import proxy: feed jobs send their imports here, they go on to Elevate unchanged, and
+every import id in a ``202 Accepted`` answer is registered for tracking.
+
+Basic auth of the web config, if it has users, guards the proxy as it guards the exporter;
+the credentials stay here. The client's ``Api-Key`` goes to Elevate as sent and nowhere
+else: no log line, label or metric holds a header's value, except the label header's.
+Tracking happens after the client has its whole answer, and never changes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from elevate_import_exporter.auth import CHALLENGE, BasicAuth
+from elevate_import_exporter.handshake import ServerTls
+from elevate_import_exporter.proxy_accept import Acceptor, Connection
+from elevate_import_exporter.proxy_exchange import Client, Exchange, Outcome, send_error
+from elevate_import_exporter.proxy_http import (
+    BadRequest,
+    ClientGone,
+    RequestHead,
+    parse_head,
+    read_head,
+)
+from elevate_import_exporter.proxy_stats import ProxyStats
+from elevate_import_exporter.proxy_tracking import (
+    accepted_import,
+    answer_document,
+    label_key,
+    labels,
+    metric_type,
+    outcome,
+)
+from elevate_import_exporter.proxy_upstream import Upstream
+from elevate_import_exporter.records import Registration
+from elevate_import_exporter.webconfig import WebConfig
+
+log = logging.getLogger(__name__)
+
+# Seconds from accepting a connection until its request head must be complete.
+HEADER_TIMEOUT = 10.0
+# Seconds a kept-alive connection may wait for its next request.
+IDLE_TIMEOUT = 30.0
+# Connections (and so threads) at once; beyond it new ones wait in the listen backlog.
+MAX_CONNECTIONS = 64
+# Headers whose values are secrets: never a label, whatever --proxy.label-header says.
+SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", "cookie"})
+_NO_WEB_CONFIG = WebConfig()
+
+Register = Callable[[Sequence[Registration], str], list[bool]]
+
+
+class ImportProxy:
+    """Forwards every request on ``addresses`` to ``upstream`` (Elevate's base URL) and
+    hands the import ids of its 202 answers to ``register(registrations, "proxy")``.
+
+    ``timeout`` bounds connecting to Elevate, waiting for its answer, and each read and
+    write of a body either way. ``label_header``: the request header whose value labels
+    the imports tracked (empty: none). ``web_config``: gives the current web config
+    (basic auth users, extra answer headers), asked once a request.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[tuple[str, int]],
+        upstream: str,
+        *,
+        register: Register,
+        timeout: float,
+        label_header: str,
+        web_config: Callable[[], WebConfig] | None = None,
+        tls: ServerTls | None = None,
+        ca_bundle: str | None = None,
+        header_timeout: float = HEADER_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        self.stats = ProxyStats()
+        self._upstream = Upstream(upstream, timeout=timeout, ca_bundle=ca_bundle)
+        self._register = register
+        if label_header.lower() in SECRET_HEADERS:
+            log.warning("proxy: %s is not used as a label: its value is a secret", label_header)
+            label_header = ""
+        self._label_header = label_header
+        self._label_key = label_key(label_header) if label_header else ""
+        self._web_source = web_config or (lambda: _NO_WEB_CONFIG)
+        self._web_lock = threading.Lock()
+        self._web: tuple[WebConfig, BasicAuth | None] = (_NO_WEB_CONFIG, None)
+        self._acceptor = Acceptor(
+            addresses,
+            self._serve,
+            tls=tls,
+            header_timeout=header_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+        )
+        self.ports = self._acceptor.ports
+
+    @property
+    def draining(self) -> bool:
+        return self._acceptor.draining
+
+    def serve_forever(self) -> None:
+        """Accept connections until :meth:`shutdown`, or until a drain has ended."""
+        self._acceptor.serve_forever()
+
+    def drain(self, seconds: float) -> None:
+        """Take no new request; ``serve_forever`` returns once those being forwarded are
+        over, or after ``seconds``. Safe from another thread and from a signal handler."""
+        self._acceptor.drain(seconds)
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever`` (from another thread) and wait until it has returned."""
+        self._acceptor.shutdown()
+
+    def close(self) -> None:
+        """Close the listeners and cut every connection, those being forwarded too."""
+        self._acceptor.close()
+
+    # -- connection threads -----------------------------------------------------------
+
+    def _serve(self, conn: Connection) -> None:
+        client = Client(conn.sock, conn.peer, self._upstream.timeout)
+        try:
+            while conn.await_request():
+                try:
+                    data = read_head(client.reader)
+                except BadRequest as exc:  # a head too large
+                    self.stats.started()
+                    send_error(client, exc.status, exc.message, self._extra_headers())
+                    self.stats.answered("other", exc.status, 0.0)
+                    conn.linger = True
+                    return
+                if data is None or not conn.begin_request():
+                    return
+                keep = self._request(client, data)
+                if not keep:
+                    conn.linger = True
+                    return
+        except ClientGone as exc:
+            log.debug("proxy %s: connection ended: %s", conn.peer, exc)
+        finally:
+            with contextlib.suppress(OSError):
+                client.reader.close()
+
+    def _request(self, client: Client, data: bytes) -> bool:
+        """Answer one request; True if the connection may carry another."""
+        started = time.monotonic()
+        self.stats.started()
+        method, code = "other", 400
+        try:
+            head = parse_head(data)
+            method, code = head.method, 500
+            result = self._forward(client, head)
+            code = result.code
+        except BadRequest as exc:
+            send_error(client, exc.status, exc.message, self._extra_headers())
+            code = exc.status
+            return False
+        finally:
+            self.stats.answered(method, code, time.monotonic() - started)
+        log.debug(
+            "proxy %s %s %s -> %d in %.3f s",
+            client.peer,
+            head.method,
+            head.path,
+            code,
+            time.monotonic() - started,
+        )
+        self._track(head, result)
+        return result.keep_alive
+
+    def _forward(self, client: Client, head: RequestHead) -> Outcome:
+        config, auth = self._web_config()
+        extra = tuple(config.http.headers.items())
+        drop: frozenset[str] = frozenset()
+        if auth is not None:
+            if not auth.check(head.get("authorization")):
+                more = [("WWW-Authenticate", CHALLENGE)]
+                send_error(client, 401, "Unauthorized.", extra, more)
+                return Outcome(401)
+            drop = frozenset({"authorization"})  # the proxy's credentials, not Elevate's
+        exchange = Exchange(self._upstream, self.stats, client, head, extra=extra, drop=drop)
+        return exchange.run(closing=lambda: self.draining)
+
+    def _track(self, head: RequestHead, result: Outcome) -> None:
+        """Count an import request's outcome and register the id of a 202 answer."""
+        document = None
+        if result.body is not None:
+            document = answer_document(result.body, result.content_encoding)
+        if result.kind is not None:
+            self.stats.import_answered(metric_type(result.kind), outcome(result.code, document))
+        if result.code != 202:
+            return
+        found = accepted_import(document) if document is not None else None
+        if found is None:
+            log.info("proxy: a 202 answer to %s %s holds no import id", head.method, head.path)
+            return
+        import_id, answer_type = found
+        kind = answer_type or result.kind or ""
+        value = head.get(self._label_header) if self._label_header else None
+        registration = Registration(
+            import_id, kind, labels(head.path, head.query, self._label_key, value)
+        )
+        try:
+            self._register([registration], "proxy")
+        except Exception as exc:
+            self.stats.registration_failed()
+            log.error("proxy: import %s could not be registered: %s", import_id, exc)
+            return
+        self.stats.tracked(metric_type(kind))
+        log.info("proxy: tracking import %s (%s) from %s", import_id, kind or "no type", head.path)
+
+    def _web_config(self) -> tuple[WebConfig, BasicAuth | None]:
+        config = self._web_source()
+        with self._web_lock:
+            if config is not self._web[0]:
+                users = config.basic_auth_users
+                self._web = (config, BasicAuth(users) if users else None)
+            return self._web
+
+    def _extra_headers(self) -> tuple[tuple[str, str], ...]:
+        return tuple(self._web_config()[0].http.headers.items())

@@ -1,0 +1,360 @@
+"""Every tracked import kept in one SQLite file, so that a restart forgets nothing.
+
+Opening looks before it touches: a regular file (or nothing yet) no other exporter holds,
+an intact SQLite database of a known schema; only then is it opened for writing, switched
+to WAL and migrated. Each write is one transaction, synced before it returns (FULL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import stat
+import sys
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from elevate_import_exporter.records import ImportRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "data/elevate-import-exporter.db"
+# MIGRATIONS[n] takes version n to n + 1 in the open's transaction: it must not commit.
+Migration = Callable[[sqlite3.Connection], None]
+
+_WHEN = "coalesce(final_at, first_seen)"  # newest first: when it ended, else when it began
+# Columns are named as the record's fields; changing the record needs a migration step.
+_FIELDS = tuple(field.name for field in dataclasses.fields(ImportRecord))
+_COLUMNS = ", ".join(_FIELDS)
+# Each index ends in the page order, so a filtered page is read in order, not sorted.
+_SCHEMA_V1 = f"""
+CREATE TABLE imports (id TEXT PRIMARY KEY NOT NULL, source TEXT NOT NULL,
+    first_seen REAL NOT NULL, type TEXT NOT NULL DEFAULT '', labels TEXT NOT NULL DEFAULT '{{}}',
+    status TEXT, message TEXT NOT NULL DEFAULT '', status_since REAL, last_answer REAL,
+    final_at REAL, retired_at REAL) WITHOUT ROWID;
+CREATE INDEX imports_by_when ON imports ({_WHEN} DESC, id);
+CREATE INDEX imports_by_status ON imports (status, {_WHEN} DESC, id);
+CREATE INDEX imports_by_type ON imports (type, {_WHEN} DESC, id);
+CREATE INDEX imports_by_source ON imports (source, {_WHEN} DESC, id);
+CREATE INDEX imports_by_retired ON imports (retired_at)"""
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1.split(";"):
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
+SCHEMA_VERSION: int = len(MIGRATIONS)
+
+_INSERT = f"INSERT INTO imports ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})"  # noqa: S608
+_UPSERT = " ".join(f"{name} = excluded.{name}," for name in _FIELDS[1:]).rstrip(",")
+_HEADER = b"SQLite format 3\x00"
+# Non-blocking: a named pipe at the path must not hang the start; no controlling tty.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_CREAT
+_KINDS = {"d": "a directory", "p": "a named pipe (FIFO)", "c": "a character device"}
+_KINDS |= {"b": "a block device", "s": "a socket"}
+# Files (device, inode) held in this process. Closing any descriptor of a file drops all
+# the POSIX locks this process has on it, SQLite's too: so a second open in this process
+# is refused before it opens (and closes) a descriptor of a file that is in use.
+_HELD: set[tuple[int, int]] = set()
+_Held = tuple[int, tuple[int, int]]  # descriptor, (device, inode)
+
+
+class StoreError(Exception):
+    """The store cannot be opened, read or written; ``str()`` is one line naming the file."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = " ".join(problem.split())
+        super().__init__(f"{path}: {self.problem}")
+
+
+class Store:
+    """The imports table of one database file, used by one exporter, safe across threads."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str | None, held: _Held | None) -> None:
+        self.path = path
+        self._name = ":memory:" if path is None else path
+        self._conn: sqlite3.Connection | None = conn
+        self._held = held
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str | Path | None, migrations: Sequence[Migration] = MIGRATIONS) -> Store:
+        """The store at ``path`` (None: in memory), checked, locked and migrated.
+        Raises :class:`StoreError`, and then leaves a file that was there as it was."""
+        name = ":memory:" if path is None else str(path)
+        held, conn = None, None
+        try:
+            where = name if path is None else str(Path(name).resolve())  # where SQLite puts -wal
+            if path is not None:
+                _make_folder(Path(where).parent, name)
+                held = _open_locked(where, name)
+                _inspect(where, name, held[0], len(migrations))
+            with _failing(name, "cannot open for writing"):
+                conn = sqlite3.connect(where, check_same_thread=False, isolation_level=None)
+                _set_up(conn, name, wal=path is not None)
+            _migrate(conn, name, migrations)
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            _release(held)  # after the connection is closed: see _HELD
+            if isinstance(exc, OSError | RuntimeError):  # RuntimeError: a symlink loop
+                raise StoreError(name, f"cannot open ({_why(exc)})") from exc
+            raise
+        return cls(conn, None if path is None else name, held)
+
+    def close(self) -> None:
+        """Close the database, then release the lock; a second call does nothing."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):  # nothing is left to lose
+                    conn.close()
+                _release(self._held)
+
+    def load(self) -> list[ImportRecord]:
+        """Every record, retired ones included, by id."""
+        with self._reading() as conn:
+            sql = f"SELECT {_COLUMNS} FROM imports ORDER BY id"  # noqa: S608
+            return [_record(row) for row in conn.execute(sql)]
+
+    def get(self, import_id: str) -> ImportRecord | None:
+        with self._reading() as conn:
+            sql = f"SELECT {_COLUMNS} FROM imports WHERE id = ?"  # noqa: S608
+            row = conn.execute(sql, (import_id,)).fetchone()
+            return None if row is None else _record(row)
+
+    def register(self, records: Sequence[ImportRecord]) -> list[bool]:
+        """Insert each record whose id is new, in one committed transaction; True where new.
+        A known id keeps its row as it is: the first registration wins."""
+        with self._writing() as conn:
+            sql = f"{_INSERT} ON CONFLICT (id) DO NOTHING"
+            return [conn.execute(sql, _row(record)).rowcount == 1 for record in records]
+
+    def save(self, records: Sequence[ImportRecord]) -> None:
+        """Insert or replace whole records, in one committed transaction."""
+        with self._writing() as conn:
+            sql = f"{_INSERT} ON CONFLICT (id) DO UPDATE SET {_UPSERT}"
+            conn.executemany(sql, [_row(record) for record in records])
+
+    def retire(self, ids_at: Mapping[str, float]) -> None:
+        """Mark each id retired at its time, in one committed transaction."""
+        pairs = [(at, import_id) for import_id, at in ids_at.items()]
+        with self._writing() as conn:
+            conn.executemany("UPDATE imports SET retired_at = ? WHERE id = ?", pairs)
+
+    def delete(self, import_id: str) -> bool:  # False if it was not there
+        with self._writing() as conn:
+            return conn.execute("DELETE FROM imports WHERE id = ?", (import_id,)).rowcount > 0
+
+    def purge(self, retired_before: float, keep: Collection[str] = ()) -> int:
+        """Delete the rows retired before ``retired_before``, except ids in ``keep``."""
+        with self._writing() as conn:
+            # Chosen here, not with NOT IN (?, ...): ``keep`` may be longer than SQLite allows.
+            old = conn.execute("SELECT id FROM imports WHERE retired_at < ?", (retired_before,))
+            doomed = [row for row in old.fetchall() if row[0] not in keep]
+            conn.executemany("DELETE FROM imports WHERE id = ?", doomed)
+        return len(doomed)
+
+    def query(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        finished: bool | None = None,
+        retired: bool | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[ImportRecord], int]:
+        """A page of matching records, newest first (latest ``coalesce(final_at, first_seen)``,
+        then id; ``since`` compares that time), and how many match in all. ``finished``:
+        final or retired (False: neither)."""
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit and offset must not be negative: {limit}, {offset}")
+        values = {"status": status, "type": type, "source": source, "since": since}
+        where, params = _where(values, finished=finished, retired=retired)
+        page = f"SELECT {_COLUMNS} FROM imports{where} ORDER BY {_WHEN} DESC, id LIMIT ? OFFSET ?"  # noqa: S608
+        with self._reading() as conn:
+            total = conn.execute(f"SELECT count(*) FROM imports{where}", params).fetchone()  # noqa: S608
+            page_rows = conn.execute(page, [*params, limit, offset]).fetchall()
+            return [_record(row) for row in page_rows], int(total[0])
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(self._name, "the store is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _failing(self._name, "cannot read the store"):
+            yield self._live()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _failing(self._name, "cannot write; nothing was changed"):
+            conn = self._live()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # a failed COMMIT may have rolled back
+                    conn.execute("ROLLBACK")
+                raise
+
+
+def _where(
+    values: Mapping[str, Any], *, finished: bool | None, retired: bool | None
+) -> tuple[str, list[Any]]:
+    chosen = {name: value for name, value in values.items() if value is not None}
+    terms = [f"{_WHEN} >= ?" if name == "since" else f"{name} = ?" for name in chosen]
+    either = "(final_at IS NOT NULL OR retired_at IS NOT NULL)"
+    flags = ((either, finished), ("retired_at IS NOT NULL", retired))
+    terms += [term if wanted else f"NOT {term}" for term, wanted in flags if wanted is not None]
+    return (f" WHERE {' AND '.join(terms)}" if terms else ""), list(chosen.values())
+
+
+def _row(record: ImportRecord) -> tuple[Any, ...]:
+    labels = json.dumps(dict(record.labels), sort_keys=True, separators=(",", ":"))
+    return tuple(labels if name == "labels" else getattr(record, name) for name in _FIELDS)
+
+
+def _record(row: tuple[Any, ...]) -> ImportRecord:
+    values = dict(zip(_FIELDS, row, strict=True))
+    values["labels"] = tuple(sorted(json.loads(values["labels"]).items()))
+    for name in ("source", "type", "status"):  # few values in many rows: one string each
+        values[name] = values[name] and sys.intern(values[name])
+    return ImportRecord(**values)
+
+
+@contextlib.contextmanager
+def _failing(name: str, doing: str) -> Iterator[None]:
+    """sqlite3 errors as StoreError (disk full, I/O error, corrupt: the caller answers 503)."""
+    try:
+        yield
+    except (sqlite3.Error, ValueError) as exc:  # ValueError: a hand-edited row
+        raise StoreError(name, f"{doing} ({_why(exc)})") from exc
+
+
+def _make_folder(folder: Path, name: str) -> None:
+    if folder.exists() or folder == folder.parent:
+        return
+    _make_folder(folder.parent, name)
+    try:
+        folder.mkdir(mode=0o700)  # level by level: makedirs makes parents 0777 & ~umask
+    except OSError as exc:
+        raise StoreError(name, f"cannot create the folder {folder} ({_why(exc)})") from exc
+
+
+def _open_locked(where: str, name: str) -> _Held:
+    """A descriptor of the database file (made 0600 if missing), locked by this store."""
+    with contextlib.suppress(FileNotFoundError):
+        _check_file(Path(where).stat(), name)  # before a descriptor exists: see _HELD
+    fd = os.open(where, _OPEN_FLAGS, 0o600)
+    found = os.fstat(fd)
+    try:
+        _check_file(found, name)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            raise StoreError(name, "locked by another process (another exporter?)") from exc
+        raise
+    _HELD.add((found.st_dev, found.st_ino))
+    return fd, (found.st_dev, found.st_ino)
+
+
+def _check_file(found: os.stat_result, name: str) -> None:
+    if not stat.S_ISREG(found.st_mode):
+        kind = _KINDS.get(stat.filemode(found.st_mode)[0], "an unusual kind of file")
+        raise StoreError(name, f"it is {kind}, not a regular file")
+    if (found.st_dev, found.st_ino) in _HELD:
+        raise StoreError(name, "already open in this process")
+
+
+def _release(held: _Held | None) -> None:
+    if held is not None:
+        os.close(held[0])
+        _HELD.discard(held[1])
+
+
+def _inspect(where: str, name: str, fd: int, newest: int) -> None:
+    """Refuse a file that is not an intact database of a known schema, without writing."""
+    size = os.fstat(fd).st_size
+    wal = Path(where + "-wal").exists()
+    if size > 0 and os.pread(fd, len(_HEADER), 0) != _HEADER:
+        raise StoreError(name, "not an SQLite database (or corrupt)")
+    if not os.access(where, os.R_OK | os.W_OK):
+        raise StoreError(name, "not writable (a read-only file?)")
+    if size == 0 and not wal:
+        return  # a new database
+    # Without a WAL the file alone is the database, and immutable reads it without making
+    # -wal and -shm files beside it. With one (a killed exporter's), read through it.
+    uri = Path(where).as_uri() + ("?mode=ro" if wal else "?mode=ro&immutable=1")
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > newest:
+                problem = f"schema version {version} is newer than this exporter's ({newest})"
+                raise StoreError(name, problem)
+            verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(name, f"not an SQLite database (or corrupt): {_why(exc)}") from exc
+    if verdict != "ok":
+        raise StoreError(name, f"not an SQLite database (or corrupt): {verdict}")
+    if version == 0 and tables:
+        raise StoreError(name, "an SQLite database of something else (tables, no schema version)")
+
+
+def _set_up(conn: sqlite3.Connection, name: str, *, wal: bool) -> None:
+    conn.execute("PRAGMA busy_timeout = 5000")  # a reader such as the sqlite3 shell may lock
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if wal and str(mode).lower() != "wal":
+        raise StoreError(name, f"cannot switch to WAL mode (journal mode stays {mode})")
+    # FULL syncs the WAL at each commit: an answered registration survives a power loss
+    # too, not only a killed process (NORMAL); it costs one fsync per transaction.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA journal_size_limit = {16 * 1024 * 1024}")
+
+
+def _migrate(conn: sqlite3.Connection, name: str, steps: Sequence[Migration]) -> None:
+    """Bring the schema to version ``len(steps)`` in one transaction, or leave it as it was."""
+    with _failing(name, "cannot prepare the schema"):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number in range(version, len(steps)):
+                try:
+                    steps[number](conn)
+                except Exception as exc:
+                    problem = f"migration to schema version {number + 1} failed ({_why(exc)})"
+                    raise StoreError(name, problem) from exc
+            if version < len(steps):
+                conn.execute(f"PRAGMA user_version = {len(steps)}")
+                # A new store is no news; an older one brought up to date is.
+                level = logging.DEBUG if version == 0 else logging.INFO
+                log.log(level, "%s: schema migrated from %d to %d", name, version, len(steps))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    code = getattr(exc, "sqlite_errorname", None)
+    return f"{code}: {exc}" if code else str(exc) or type(exc).__name__
