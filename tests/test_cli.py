@@ -226,6 +226,11 @@ def test_run_help_shows_each_contract_option_with_its_variable_and_default(
         ("ELEVATE_EXPORTER_TELEMETRY_PATH", "nope", "--web.telemetry-path"),
         ("ELEVATE_EXPORTER_LOG_LEVEL", "loud", "--log.level"),
         ("ELEVATE_EXPORTER_LOG_FORMAT", "xml", "--log.format"),
+        ("ELEVATE_EXPORTER_IMPORTS_RETENTION", "0s", "--imports.retention"),
+        ("ELEVATE_EXPORTER_STORAGE_HISTORY", "forever", "--storage.history"),
+        ("ELEVATE_EXPORTER_PROXY_LISTEN_ADDRESS", ":99999", "--proxy.listen-address"),
+        ("ELEVATE_EXPORTER_PROXY_TIMEOUT", "2d", "--proxy.timeout"),
+        ("ELEVATE_EXPORTER_PROXY_LABEL_HEADER", "Api-Key", "--proxy.label-header"),
     ],
 )
 def test_a_bad_value_in_an_environment_variable_is_refused_as_its_option(

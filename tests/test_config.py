@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -418,3 +419,46 @@ def test_an_admin_flavour_refuses_an_id_that_is_not_decimal_digits(flavour: str)
 def test_an_admin_flavour_takes_ids_of_digits_beyond_2_to_the_53() -> None:
     chosen = settings(api="admin-v4", import_ids=["5537431447739019570123", "0042"])
     assert chosen.import_ids == ("5537431447739019570123", "0042")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "flag"),
+    [
+        ("retention", "0s", "--imports.retention"),
+        ("retention", "366d", "--imports.retention"),
+        ("retention", "24 h", "--imports.retention"),
+        ("history", "-1d", "--storage.history"),
+        ("history", "30d1", "--storage.history"),
+        ("proxy_timeout", "0", "--proxy.timeout"),
+        ("proxy_timeout", "1e9s", "--proxy.timeout"),
+        ("proxy_label_header", "X-Feed Name", "--proxy.label-header"),
+        ("proxy_label_header", "X-Feed\r\nApi-Key: x", "--proxy.label-header"),
+        ("proxy_label_header", "authorization", "--proxy.label-header"),
+        ("proxy_label_header", "Cookie", "--proxy.label-header"),
+        ("proxy_listen_address", "127.0.0.1:-1", "--proxy.listen-address"),
+    ],
+)
+def test_a_bad_lifecycle_or_proxy_setting_is_refused_naming_its_flag(
+    option: str, value: str, flag: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(flag)):
+        load_settings(base_url="http://127.0.0.1:9", api_key="k", **{option: value})
+
+
+def test_the_lifecycle_and_proxy_settings_are_taken_in_prometheus_durations() -> None:
+    settings = load_settings(
+        base_url="http://127.0.0.1:9",
+        api_key="k",
+        retention="36h",
+        history="7d",
+        proxy_timeout="15m",
+        proxy_listen_address=["127.0.0.1:10027", "[::1]:10028"],
+        storage_path="",
+    )
+    assert (settings.retention, settings.history, settings.proxy_timeout) == (
+        36 * 3600.0,
+        7 * 86400.0,
+        900.0,
+    )
+    assert settings.proxy_addresses == (("127.0.0.1", 10027), ("::1", 10028))
+    assert settings.storage_path is None
