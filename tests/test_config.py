@@ -441,8 +441,9 @@ def test_an_admin_flavour_takes_ids_of_digits_beyond_2_to_the_53() -> None:
 def test_a_bad_lifecycle_or_proxy_setting_is_refused_naming_its_flag(
     option: str, value: str, flag: str
 ) -> None:
+    options: dict[str, Any] = {option: value}
     with pytest.raises(ConfigError, match=re.escape(flag)):
-        load_settings(base_url="http://127.0.0.1:9", api_key="k", **{option: value})
+        load_settings(base_url="http://127.0.0.1:9", api_key="k", **options)
 
 
 def test_the_lifecycle_and_proxy_settings_are_taken_in_prometheus_durations() -> None:
