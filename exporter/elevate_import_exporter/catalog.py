@@ -18,10 +18,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal
 
-from elevate_import_exporter.model import FINAL_STATUSES, ImportInfo
+from elevate_import_exporter.model import FINAL_STATUSES
 from elevate_import_exporter.poller import ImportState, Poller
 from elevate_import_exporter.records import REGISTERED_SOURCES, ImportRecord, Registration
+from elevate_import_exporter.records import CatalogError as CatalogError
 from elevate_import_exporter.sources import MemoryIds, TrackedIds
+from elevate_import_exporter.state import holds
 from elevate_import_exporter.state import record_of as _record
 from elevate_import_exporter.state import state_of as _state
 from elevate_import_exporter.store import Store, StoreError
@@ -35,13 +37,6 @@ REGISTRATION_RESULTS = ("created", "existing", "invalid", "disabled", "failed")
 RETIRED_STATUSES = (*sorted(FINAL_STATUSES), "NOT_FOUND")
 # Purging the history is cheap but needs no haste: at start-up and then this often.
 PURGE_EVERY = 3600.0
-
-_Saved = tuple[str, float, ImportInfo | None, float | None]
-
-
-class CatalogError(Exception):
-    """The store could not take a change (disk full, I/O error, too many ids); nothing was
-    changed. The message is one line, fit for a client."""
 
 
 class Catalog:
@@ -74,7 +69,6 @@ class Catalog:
             name: MemoryIds(name, (r.id for r in self._live.values() if r.source == name))
             for name in REGISTERED_SOURCES
         }
-        self._saved: dict[str, _Saved] = {}
         self._registrations: Counter[str] = Counter()
         self._retired_counts: Counter[str] = Counter()
         self._poller: Poller | None = None
@@ -233,7 +227,6 @@ class Catalog:
             except StoreError as error:
                 raise CatalogError(f"the store could not take it: {error.problem}") from error
             self._live.pop(import_id, None)
-            self._saved.pop(import_id, None)
             self._retired.discard(import_id)
             for source in self.sources.values():
                 source.remove(import_id)
@@ -272,14 +265,13 @@ class Catalog:
             poller.forget(retired)
 
     def _save_changes(self, imports: Mapping[str, ImportState], ids: TrackedIds) -> None:
+        owners = ids.owners()
         changed: list[ImportRecord] = []
-        saved: dict[str, _Saved] = {}
         for import_id, state in imports.items():
-            source = ids.source_of(import_id) or "flag"
-            key: _Saved = (source, state.first_seen, state.info, state.status_since)
-            if self._saved.get(import_id) != key:
-                changed.append(_record(state, source, self._live.get(import_id)))
-                saved[import_id] = key
+            source = owners.get(import_id, "flag")
+            known = self._live.get(import_id)
+            if not holds(known, state, source):
+                changed.append(_record(state, source, known))
         if not changed:
             return
         try:
@@ -288,7 +280,6 @@ class Catalog:
             # Kept in memory; the next round tries again.
             log.warning("could not write %d changed imports to the store: %s", len(changed), error)
             return
-        self._saved.update(saved)
         for record in changed:
             self._live[record.id] = record
 
@@ -316,7 +307,6 @@ class Catalog:
             self._retired.add(import_id)
             self._retired_counts[status] += 1
             self._live.pop(import_id, None)
-            self._saved.pop(import_id, None)
             for source in self.sources.values():
                 source.remove(import_id)
             log.info("import id=%s retired with status %s", import_id, status)

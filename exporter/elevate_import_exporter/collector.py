@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import platform
 from collections.abc import Iterator, Mapping
 from typing import Protocol
@@ -19,7 +18,12 @@ from prometheus_client.registry import Collector
 from elevate_import_exporter import __version__
 from elevate_import_exporter.lines import FinalLines, import_families
 from elevate_import_exporter.poller import RoundResult, Snapshot
-from elevate_import_exporter.stats import LATENCY_BUCKETS, ApiStats, RequestStats
+from elevate_import_exporter.stats import (
+    LATENCY_BUCKETS,
+    ApiStats,
+    RequestStats,
+    cumulative_buckets,
+)
 
 
 class IdCounts(Protocol):
@@ -161,11 +165,7 @@ def _api_families(api: ApiStats) -> Iterator[Metric]:
     latency = HistogramMetricFamily(
         "elevate_import_api_request_duration_seconds", "Latency of status requests to Elevate."
     )
-    cumulative = 0
-    buckets: list[tuple[str, float]] = []
-    for bound, count in zip((*LATENCY_BUCKETS, math.inf), api.bucket_counts, strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if math.isinf(bound) else repr(bound), cumulative))
+    buckets = cumulative_buckets(LATENCY_BUCKETS, api.bucket_counts)
     latency.add_metric([], buckets, api.latency_sum)
     yield from (requests, errors, latency)
 

@@ -35,6 +35,17 @@ ERROR_REASONS = (
 RETRYABLE_REASONS = frozenset({"server_error", "rate_limited", "timeout", "connection_error"})
 # A 403 or 404 is about the key or the cluster, so no other id can do better.
 WHOLE_KEY_REASONS = frozenset({"forbidden", "cluster_not_found"})
+_CLIENT_ERROR_REASONS = {403: "forbidden", 404: "cluster_not_found", 429: "rate_limited"}
+
+
+def reason_for_status(status: int) -> str:
+    """Why an answer of Elevate other than a 2xx is a failure: one of :data:`ERROR_REASONS`."""
+    if status >= 500:
+        return "server_error"
+    if status >= 400:
+        return _CLIENT_ERROR_REASONS.get(status, "client_error")
+    return "unexpected_status"
+
 
 MAX_MESSAGE_CHARS = 200
 MAX_STATUS_CHARS = 64

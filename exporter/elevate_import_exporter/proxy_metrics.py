@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 from prometheus_client.core import (
@@ -14,6 +13,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from elevate_import_exporter.proxy_stats import DURATION_BUCKETS, ProxySnapshot, ProxyStats
+from elevate_import_exporter.stats import cumulative_buckets
 
 
 class ProxyCollector(Collector):
@@ -93,10 +93,7 @@ def _duration(stats: ProxySnapshot) -> Metric:
         "Time from a request's head to the end of its answer through the import proxy, "
         "bodies included.",
     )
-    cumulative = 0
-    buckets: list[tuple[str, float]] = []
-    for bound, count in zip((*DURATION_BUCKETS, math.inf), stats.bucket_counts, strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if math.isinf(bound) else repr(bound), cumulative))
-    family.add_metric([], buckets, stats.duration_sum)
+    family.add_metric(
+        [], cumulative_buckets(DURATION_BUCKETS, stats.bucket_counts), stats.duration_sum
+    )
     return family

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from elevate_import_exporter.model import ERROR_REASONS
+from elevate_import_exporter.model import reason_for_status as model_reason
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 OTHER_METHOD = "other"
@@ -25,7 +26,6 @@ DURATION_BUCKETS = (
 # The code counted when the client closed its connection before the exchange was over
 # (as nginx counts it): no answer reached it.
 CLIENT_GONE = 499
-_REASONS = {403: "forbidden", 404: "cluster_not_found", 429: "rate_limited"}
 
 
 def method_label(method: str) -> str:
@@ -34,13 +34,7 @@ def method_label(method: str) -> str:
 
 def reason_for_status(status: int) -> str | None:
     """The status client's reason for an answer of Elevate, None for a 2xx."""
-    if 200 <= status < 300:
-        return None
-    if status >= 500:
-        return "server_error"
-    if status >= 400:
-        return _REASONS.get(status, "client_error")
-    return "unexpected_status"
+    return None if 200 <= status < 300 else model_reason(status)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,11 @@ REGISTERED_SOURCES = ("api", "proxy")
 Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable, comparable
 
 
+class CatalogError(Exception):
+    """The store could not take a change or give an answer (disk full, I/O error, too many
+    ids); nothing was changed. The message is one line, fit for a client."""
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
     """One import a client hands over: its id, and optionally its type and labels."""

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, unquote
 
 from elevate_import_exporter.framing import Framing
 from elevate_import_exporter.model import id_rule
-from elevate_import_exporter.records import SOURCES, ImportRecord, Registration
+from elevate_import_exporter.records import SOURCES, CatalogError, ImportRecord, Registration
 from elevate_import_exporter.registration import RegistrationError, content_type_error, parse
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,8 @@ class RestApi:
 
     ``enabled``: whether POST and DELETE may change anything (``--web.enable-registration``).
     ``flavour``: the Elevate API (``--elevate.api``), whose id rule ids must follow.
-    ``unavailable``: the errors that mean the store cannot take or give anything now (503).
+    A :class:`~elevate_import_exporter.records.CatalogError` (the store cannot take or give
+    anything now) is a 503.
     """
 
     def __init__(
@@ -126,17 +127,15 @@ class RestApi:
         catalog: Catalog,
         enabled: bool,
         flavour: str,
-        unavailable: tuple[type[Exception], ...] = (),
     ) -> None:
         self._catalog = catalog
         self._enabled = enabled
         self._valid_id, self._id_rule = id_rule(flavour)
-        self._unavailable = unavailable
 
     def answer(self, request: Request) -> Answer:
         try:
             return self._route(request)
-        except self._unavailable as exc:
+        except CatalogError as exc:
             log.warning("api %s %s: %s", request.method, request.path, exc)
             if request.method == "POST":
                 self._catalog.count("failed")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Protocol, runtime_checkable
 
@@ -141,6 +141,11 @@ class TrackedIds:
         """The name of the first source that holds ``import_id`` (as of :meth:`current`)."""
         with self._lock:
             return self._owner.get(import_id)
+
+    def owners(self) -> Mapping[str, str]:
+        """Each tracked id's source name (as of :meth:`current`); replaced, never changed."""
+        with self._lock:
+            return self._owner
 
     def counts(self) -> dict[str, int]:
         """Tracked ids per source name, each id counted for the first source that holds it."""

@@ -75,3 +75,18 @@ def record_of(state: ImportState, source: str, known: ImportRecord | None) -> Im
         last_answer=state.last_polled,
         final_at=final_at,
     )
+
+
+def holds(record: ImportRecord | None, state: ImportState, source: str) -> bool:
+    """Whether ``record`` keeps what matters of ``state`` already (no write needed): its
+    source, first seen, status since, and the last answer's status, type and message."""
+    if record is None or (record.source, record.first_seen, record.status_since) != (
+        source,
+        state.first_seen,
+        state.status_since,
+    ):
+        return False
+    info = state.info
+    if info is None:
+        return record.status is None
+    return (record.status, record.type, record.message) == (info.status, info.type, info.message)

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from elevate_import_exporter.model import ERROR_REASONS, RequestRecord
 
 # Prometheus' default buckets suit request latencies from a few ms to the timeout.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """A histogram's buckets as a metric family takes them: ``counts`` per bucket of
+    ``bounds`` and then +Inf (not cumulative), summed up to each bound."""
+    buckets: list[tuple[str, float]] = []
+    total = 0
+    for bound, count in zip((*bounds, math.inf), counts, strict=True):
+        total += count
+        buckets.append(("+Inf" if math.isinf(bound) else repr(bound), total))
+    return buckets
 
 
 @dataclass(frozen=True)

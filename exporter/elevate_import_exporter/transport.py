@@ -31,7 +31,14 @@ from urllib3.exceptions import ReadTimeoutError
 
 from elevate_import_exporter.deadline import Guard, Reaper, WholeHead, current
 from elevate_import_exporter.logs import secret_pattern
-from elevate_import_exporter.model import ApiError, NotSent, RequestRecord, safe_text, snippet
+from elevate_import_exporter.model import (
+    ApiError,
+    NotSent,
+    RequestRecord,
+    reason_for_status,
+    safe_text,
+    snippet,
+)
 from elevate_import_exporter.secret import Secret
 
 T = TypeVar("T")
@@ -45,7 +52,6 @@ MAX_RETRY_AFTER = 3600.0
 
 _BACKOFF_BASE = 0.1
 _BACKOFF_CAP = 2.0
-_REASONS = {403: "forbidden", 404: "cluster_not_found", 429: "rate_limited"}
 
 
 class Transport:
@@ -156,7 +162,7 @@ class Transport:
         if status in (429, 503):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
         raise self._failed(
-            _reason_for(status), code, started, f"HTTP {status}: {snippet(body)}", retry_after
+            reason_for_status(status), code, started, f"HTTP {status}: {snippet(body)}", retry_after
         )
 
     def _failed(
@@ -234,14 +240,6 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
-
-
-def _reason_for(status: int) -> str:
-    if status >= 500:
-        return "server_error"
-    if status >= 400:
-        return _REASONS.get(status, "client_error")
-    return "unexpected_status"
 
 
 def _backoff(attempt: int) -> float:

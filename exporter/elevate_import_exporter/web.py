@@ -26,7 +26,6 @@ from prometheus_client import CollectorRegistry
 
 from elevate_import_exporter import __version__, framing, restapi
 from elevate_import_exporter.auth import CHALLENGE, BasicAuth
-from elevate_import_exporter.catalog import CatalogError
 from elevate_import_exporter.config import Settings
 from elevate_import_exporter.connections import Connections
 from elevate_import_exporter.exposition import Exposition, Renderer
@@ -36,6 +35,7 @@ from elevate_import_exporter.landing import landing_page
 from elevate_import_exporter.listeners import ListenError as ListenError
 from elevate_import_exporter.listeners import listen_all
 from elevate_import_exporter.poller import Snapshot
+from elevate_import_exporter.records import CatalogError
 from elevate_import_exporter.scrapetime import DEFAULT_SCRAPE_TIMEOUT as DEFAULT_SCRAPE_TIMEOUT
 from elevate_import_exporter.scrapetime import MAX_SCRAPE_TIMEOUT as MAX_SCRAPE_TIMEOUT
 from elevate_import_exporter.scrapetime import poll_budget
@@ -66,7 +66,6 @@ DEFAULT_BUDGET = 10.0
 _TEXT = "text/plain; charset=utf-8"
 _PAGE = re.compile(r"[1-9][0-9]{0,5}")  # /?page=N of the history; anything else is page 1
 _NO_WEB_CONFIG = WebConfig()
-_DOWN = (CatalogError,)  # the store cannot take or give anything now: 503
 
 
 class Site(Protocol):
@@ -272,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, url: SplitResult, refused: framing.Framing | None = None) -> None:
         site = self.http.site
-        api = restapi.RestApi(site.catalog, site.registration_enabled, site.settings.api, _DOWN)
+        api = restapi.RestApi(site.catalog, site.registration_enabled, site.settings.api)
         content_type = self.headers.get("Content-Type")
         request = restapi.Request(self.command, url.path, url.query, content_type, self.body)
         answer = api.refused(request, refused) if refused else api.answer(request)
