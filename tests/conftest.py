@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -25,6 +26,45 @@ from tests.support import Exporters, free_port, fresh_store_path, stop_process, 
 
 SIM_KEY = "sim-key"
 REPO = Path(__file__).resolve().parent.parent
+
+# schemathesis' Hypothesis keeps its database in the working folder unless told otherwise.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="hypothesis-"))
+# What tools (not tests) keep in the work tree; anything else new after the run is a test
+# writing where it must not.
+_TOOL_FOLDERS = frozenset({".git", ".venv", ".mypy_cache", ".ruff_cache", "__pycache__"})
+
+
+def _work_tree() -> set[str]:
+    found: set[str] = set()
+    for folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [
+            d for d in subfolders if d not in _TOOL_FOLDERS and not d.endswith(".egg-info")
+        ]
+        where = Path(folder).relative_to(REPO)
+        found.update(str(where / name) for name in (*subfolders, *files))
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _work_tree()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_BEFORE, None)
+    if before is None:
+        return
+    # A test file being written meanwhile is no test's doing.
+    left = sorted(p for p in _work_tree() - before if not p.endswith(".py"))
+    if left:
+        session.config.get_terminal_writer().line(
+            "the tests left files in the work tree (they must write under tmp_path): "
+            + ", ".join(left[:20]),
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set[str]]()
 
 # track's: where the exporter is, and how to show who is registering.
 TRACK_VARIABLES = (

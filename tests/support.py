@@ -206,6 +206,7 @@ class BareSite:
         from elevate_import_exporter.store import Store
 
         self.registry = CollectorRegistry()
+        self.fresh_registry: CollectorRegistry | None = None
         self.settings = load_settings(base_url="http://127.0.0.1:9", api_key="k", storage_path="")
         self.store = Store.open(None)
         self.catalog = Catalog.load(

@@ -20,6 +20,7 @@ from elevate_import_exporter.api import flavour_named
 from elevate_import_exporter.app import Application as Exporter
 from elevate_import_exporter.idsfile import IdsFile
 from elevate_import_exporter.model import API_FLAVOURS, id_rule
+from elevate_import_exporter.poller import PROBE_ID
 from elevate_import_exporter.transport import MAX_BODY_BYTES
 from tests.conftest import ExporterFor
 from tests.support import scrape
@@ -49,6 +50,12 @@ def serve(httpserver: HTTPServer, path: str, data: bytes, **headers: str) -> Non
 @pytest.fixture
 def elevate(httpserver: HTTPServer, exporter_for: ExporterFor) -> Callable[..., Exporter]:
     """An admin-v4 exporter (unless told otherwise) tracking ID against the per-test server."""
+    # When every query of a round fails, the exporter asks for an id that cannot exist to
+    # tell an outage from an id that fails on its own; here the cluster answers it.
+    for path in (V4, V3):
+        httpserver.expect_request(path, query_string={"id": PROBE_ID}).respond_with_data(
+            body(import_id=PROBE_ID, status="NOT_FOUND")
+        )
 
     def start(**options: Any) -> Exporter:
         options.setdefault("api_key", KEY)

@@ -36,6 +36,7 @@ ALERTS = (
     "ElevateImportAborted",
     "ElevateImportStuck",
     "ElevateImportNotFound",
+    "ElevateImportPollFailing",
     "ElevateApiKeyRejected",
     "ElevateApiServerErrors",
     "ElevateApiUnreachable",
@@ -309,22 +310,44 @@ def _settles_to(url: str, expected: bool, alertname: str, **labels: str) -> None
     )
 
 
-def test_ElevateApiUnreachable_holds_back_the_import_alerts_of_its_exporter_only(
+def test_ElevateApiUnreachable_holds_back_the_stale_import_alerts_of_its_exporter_only(
     alertmanager: str,
 ) -> None:
+    a = {"job": JOB, "instance": "a:10025"}
     _post_alerts(
         alertmanager,
         [
-            {"alertname": "ElevateApiUnreachable", "job": JOB, "instance": "a:10025"},
-            {"alertname": "ElevateImportFailed", "job": JOB, "instance": "a:10025", "id": "1"},
-            {"alertname": "ElevateImportStuck", "job": JOB, "instance": "a:10025", "id": "2"},
-            {"alertname": "ElevateImportFailed", "job": JOB, "instance": "b:10025", "id": "3"},
+            {"alertname": "ElevateApiUnreachable", **a},
+            {"alertname": "ElevateImportStuck", **a, "id": "2"},
+            {"alertname": "ElevateImportNotFound", **a, "id": "7"},
+            {"alertname": "ElevateImportPollFailing", **a, "id": "8"},
+            {"alertname": "ElevateImportStuck", "job": JOB, "instance": "b:10025", "id": "3"},
         ],
     )
-    _settles_to(alertmanager, True, "ElevateImportFailed", instance="a:10025", id="1")
     _settles_to(alertmanager, True, "ElevateImportStuck", instance="a:10025", id="2")
-    _settles_to(alertmanager, False, "ElevateImportFailed", instance="b:10025", id="3")
+    _settles_to(alertmanager, True, "ElevateImportNotFound", instance="a:10025", id="7")
+    _settles_to(alertmanager, True, "ElevateImportPollFailing", instance="a:10025", id="8")
+    _settles_to(alertmanager, False, "ElevateImportStuck", instance="b:10025", id="3")
     _settles_to(alertmanager, False, "ElevateApiUnreachable", instance="a:10025")
+
+
+@pytest.mark.parametrize("source", ["ElevateApiUnreachable", "ElevateExporterDown"])
+def test_no_outage_holds_back_a_failed_or_aborted_import(alertmanager: str, source: str) -> None:
+    # Final statuses cannot go stale: a failure must page even while the API is down.
+    where = {"job": f"elevate-{source}", "instance": "f:1"}
+    _post_alerts(
+        alertmanager,
+        [
+            {"alertname": source, **where},
+            {"alertname": "ElevateImportFailed", **where, "id": "11"},
+            {"alertname": "ElevateImportAborted", **where, "id": "12"},
+            {"alertname": "ElevateImportStuck", **where, "id": "13"},
+        ],
+    )
+    # The Stuck alert's verdict shows that the inhibition has been applied by now.
+    _settles_to(alertmanager, True, "ElevateImportStuck", id="13", **where)
+    _settles_to(alertmanager, False, "ElevateImportFailed", id="11", **where)
+    _settles_to(alertmanager, False, "ElevateImportAborted", id="12", **where)
 
 
 def test_an_absent_exporter_target_holds_back_the_import_alerts_of_its_job(
@@ -353,10 +376,10 @@ def test_a_rejected_key_holds_back_ElevateApiUnreachable(alertmanager: str) -> N
         [
             {"alertname": "ElevateApiKeyRejected", "job": "elevate-e", "instance": "e:1"},
             {"alertname": "ElevateApiUnreachable", "job": "elevate-e", "instance": "e:1"},
-            {"alertname": "ElevateImportFailed", "job": "elevate-e", "instance": "e:1", "id": "6"},
+            {"alertname": "ElevateImportStuck", "job": "elevate-e", "instance": "e:1", "id": "6"},
         ],
     )
     _settles_to(alertmanager, True, "ElevateApiUnreachable", job="elevate-e")
-    # The held-back ElevateApiUnreachable still holds back the import alerts.
-    _settles_to(alertmanager, True, "ElevateImportFailed", job="elevate-e", id="6")
+    # The held-back ElevateApiUnreachable still holds back the stale import alerts.
+    _settles_to(alertmanager, True, "ElevateImportStuck", job="elevate-e", id="6")
     _settles_to(alertmanager, False, "ElevateApiKeyRejected", job="elevate-e")

@@ -26,6 +26,7 @@ from tests.support import Scrape, free_port, scrape
 KEY = "k-0123456789"
 ID = "5537431447739019570"
 PATH = f"/api/v2/import/status/{ID}"
+PROBE_PATH = f"/api/v2/import/status/{PROBE_ID}"
 
 
 def answer(status: str = "IN_PROGRESS", **extra: Any) -> dict[str, Any]:
@@ -40,11 +41,22 @@ ONLY_THE_START_UP_ROUND = "1h"
 def elevate(httpserver: HTTPServer, exporter_for: ExporterFor) -> Callable[..., Exporter]:
     """An exporter tracking ID against the per-test server."""
 
+    # When every query of a round fails, the exporter asks for an id that cannot exist to
+    # tell an outage from an id that fails on its own; here the key is good.
+    httpserver.expect_request(PROBE_PATH).respond_with_json(
+        {"id": PROBE_ID, "status": "NOT_FOUND", "type": ""}
+    )
+
     def start(**options: Any) -> Exporter:
         options.setdefault("api_key", KEY)
         return exporter_for(httpserver.url_for("").rstrip("/"), [ID], **options)
 
     return start
+
+
+def asked(httpserver: HTTPServer) -> list[str]:
+    """The status requests for ID the server got, the probes of the key left out."""
+    return [request.path for request, _ in httpserver.log if request.path != PROBE_PATH]
 
 
 def errors(result: Scrape, reason: str) -> float | None:
@@ -80,7 +92,7 @@ def test_a_5xx_burst_is_retried_counted_and_the_import_stays_fresh(
     assert requests_with(result, "503") == 1
     assert requests_with(result, "200") == 2  # the start-up round's and the retry's
     assert errors(result, "server_error") == 1
-    assert len(httpserver.log) == 3
+    assert len(asked(httpserver)) == 3
 
 
 def test_5xx_on_every_try_keeps_the_last_status_and_the_next_scrape_recovers(
@@ -92,7 +104,7 @@ def test_5xx_on_every_try_keeps_the_last_status_and_the_next_scrape_recovers(
     httpserver.expect_oneshot_request(PATH).respond_with_data("oops", status=500)
     httpserver.expect_request(PATH).respond_with_json(answer("SUCCESS"))
     exporter = elevate(retries="1")
-    assert len(httpserver.log) == 1
+    assert len(asked(httpserver)) == 1
 
     failed = scrape(exporter.url)
     # The status the start-up round saw is still published.
@@ -102,7 +114,9 @@ def test_5xx_on_every_try_keeps_the_last_status_and_the_next_scrape_recovers(
     assert errors(failed, "server_error") == 2
     assert requests_with(failed, "502") == 1
     assert requests_with(failed, "500") == 1
-    assert requests_with(failed, "200") == 1
+    # The start-up round's, and the probe that finds Elevate answering other ids.
+    assert requests_with(failed, "200") == 2
+    assert failed.value("elevate_import_api_reachable") == 1
 
     recovered = scrape(exporter.url)
     assert recovered.current_status(ID) == "SUCCESS"
@@ -134,7 +148,7 @@ def test_a_429_whose_retry_after_passes_the_deadline_is_not_retried(
     )
     # The start-up round, with its deadline 10 s away, is the round looked at.
     result = scrape(elevate(retries="3", min_poll_interval=ONLY_THE_START_UP_ROUND).url)
-    assert len(httpserver.log) == 1
+    assert len(asked(httpserver)) == 1
     assert result.value("elevate_import_poll_success", id=ID) == 0
     assert errors(result, "rate_limited") == 1
 
@@ -144,9 +158,11 @@ def test_a_refused_connection_is_counted_as_connection_error_and_the_exporter_ke
 ) -> None:
     exporter = exporter_for(f"http://127.0.0.1:{free_port()}", [ID], retries="1")
     result = scrape(exporter.url)
-    # A try and a retry in each round: the start-up round's and the scrape's.
-    assert errors(result, "connection_error") == 4
-    assert requests_with(result, "connection_error") == 4
+    # A try and a retry in each round (the start-up round's and the scrape's), and in the
+    # start-up round's probe of an id that cannot exist (due once a minute).
+    assert errors(result, "connection_error") == 6
+    assert requests_with(result, "connection_error") == 6
+    assert result.value("elevate_import_api_reachable") == 0
     assert result.value("elevate_import_up") == 0
     assert scrape(exporter.url).value("elevate_import_up") == 0
 
@@ -166,8 +182,9 @@ def test_an_answer_slower_than_the_request_timeout_is_counted_as_timeout(
         result = scrape(exporter.url)
     finally:
         release.set()
-    assert errors(result, "timeout") == 1
-    assert requests_with(result, "timeout") == 1
+    # The id's request, and the probe's: the stalled server answers neither in time.
+    assert errors(result, "timeout") == 2
+    assert requests_with(result, "timeout") == 2
     assert result.value("elevate_import_poll_success", id=ID) == 0
     # Never answered in time, so no status at all rather than a made-up one.
     assert result.current_status(ID) is None
@@ -204,8 +221,10 @@ def test_a_2xx_body_that_is_not_import_information_counts_as_invalid_response(
 
     result = scrape(exporter.url)
     assert errors(result, "invalid_response") == 1
-    # Not retried (the same answer would come back): the start-up round's and this one.
-    assert requests_with(result, "200") == 2
+    # Not retried (the same answer would come back): the start-up round's and this one;
+    # and the probe of an id that cannot exist, which tells Elevate still answers.
+    assert requests_with(result, "200") == 3
+    assert len(asked(httpserver)) == 2
     assert result.value("elevate_import_poll_success", id=ID) == 0
     # Nothing of the bad body is taken: the last good status stays.
     assert result.current_status(ID) == "BLOCKED"
@@ -225,10 +244,10 @@ def test_a_4xx_is_counted_by_its_reason_and_not_retried(
 ) -> None:
     httpserver.expect_request(PATH).respond_with_data("no", status=status)
     exporter = elevate(retries="3")
-    assert len(httpserver.log) == 1  # the start-up round's only request
+    assert len(asked(httpserver)) == 1  # the start-up round's only request
     httpserver.clear_log()
     result = scrape(exporter.url)
-    assert len(httpserver.log) == 1
+    assert len(asked(httpserver)) == 1
     # One request in each round: the start-up round's and the scrape's.
     assert errors(result, reason) == 2
     assert requests_with(result, str(status)) == 2
@@ -243,7 +262,7 @@ def test_a_redirect_is_not_followed_so_the_key_never_goes_elsewhere(
     httpserver.expect_request("/elsewhere").respond_with_json(answer())
     result = scrape(elevate().url)
     # The start-up round's request and the scrape's, neither followed.
-    assert [request.path for request, _ in httpserver.log] == [PATH, PATH]
+    assert asked(httpserver) == [PATH, PATH]
     assert errors(result, "unexpected_status") == 2
     assert result.value("elevate_import_poll_success", id=ID) == 0
 
@@ -274,9 +293,6 @@ def test_a_final_status_is_kept_even_when_the_api_later_breaks(
     httpserver.expect_oneshot_request(PATH).respond_with_json(answer("ABORTED"))
     httpserver.expect_request(PATH).respond_with_data("down", status=503)
     # The probe of the key, sent once there is nothing left to ask, finds the key good.
-    httpserver.expect_request(f"/api/v2/import/status/{PROBE_ID}").respond_with_json(
-        {"id": PROBE_ID, "status": "NOT_FOUND", "type": ""}
-    )
     exporter = elevate()
     scrape(exporter.url)
     result = scrape(exporter.url)

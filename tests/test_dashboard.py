@@ -44,6 +44,8 @@ CONTRACT_LABELS: dict[str, frozenset[str]] = {
     "elevate_import_poll_success": frozenset({"id"}),
     "elevate_import_tracked_imports": frozenset(),
     "elevate_import_up": frozenset(),
+    "elevate_import_api_reachable": frozenset(),
+    "elevate_import_poll_failure": frozenset({"id", "reason"}),
     "elevate_import_scrape_duration_seconds": frozenset(),
     "elevate_import_api_requests_total": frozenset({"code"}),
     "elevate_import_api_errors_total": frozenset({"reason"}),

@@ -188,7 +188,10 @@ def test_the_demo_page_fills_in_by_itself_without_any_scrape(
     for import_id, row in rows.items():
         status = expected[import_id][0]
         assert STATUS_CLASSES[status] in row["classes"].split(), row
-        assert row["Last polled"].endswith(" s ago"), row
+        if status in ("SUCCESS", "FAILURE", "ABORTED"):
+            assert row["Last polled"] == "final, not asked again", row
+        else:
+            assert row["Last polled"].endswith(" s ago"), row
     backgrounds = {row["Status"]: row["background"] for row in rows.values()}
     assert len({backgrounds[s] for s in ("SUCCESS", "FAILURE", "IN_PROGRESS", "NOT_FOUND")}) == 4
     assert backgrounds["FAILURE"] == backgrounds["ABORTED"]
@@ -201,3 +204,68 @@ def test_the_demo_page_fills_in_by_itself_without_any_scrape(
     # The page came more than once, though the test opened it once; /metrics never.
     assert log.count("GET / HTTP/1.1") >= 2, log
     assert not re.search(r"[A-Z]+ /metrics", log), "nobody scraped the demo"
+
+
+# How far the widest table reaches past the viewport, in CSS pixels (0: it fits).
+OVERFLOW = """
+const width = document.documentElement.clientWidth;
+const tables = [...document.querySelectorAll("table")];
+return Math.max(0, document.documentElement.scrollWidth - width,
+                ...tables.map(t => Math.ceil(t.getBoundingClientRect().right) - width));
+"""
+
+
+def test_a_full_history_fits_a_1280_pixel_screen_with_its_labels_and_source(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    from elevate_import_exporter.landing import landing_page
+    from elevate_import_exporter.model import ImportInfo
+    from elevate_import_exporter.records import ImportRecord
+    from elevate_import_exporter.state import ImportState, Snapshot
+
+    now = 1_800_000_000.0
+    message = "Import failed: attribute 'price' is not a number on line 17 of the feed. " * 2
+    labels = (("feed_name", "products-nightly-se"), ("path", "/api/v2/import/products"))
+    history = [
+        ImportRecord(
+            f"5537431447739019{n:03d}",
+            source="proxy",
+            first_seen=now - 7200,
+            type="PRODUCTS",
+            labels=labels,
+            status="FAILURE",
+            message=message,
+            status_since=now - 3600,
+            final_at=now - 3600,
+            retired_at=now - 60,
+        )
+        for n in range(5)
+    ]
+    live = ImportState(
+        "9f1c2a7e-1b2c-4d5e-8f90-123456789abc",
+        now - 60,
+        ImportInfo("9f1c2a7e-1b2c-4d5e-8f90-123456789abc", "IN_PROGRESS", "PRODUCTS", message),
+        now - 60,
+        last_polled=now - 5,
+    )
+    page = tmp_path / "page.html"
+    page.write_bytes(
+        landing_page(Snapshot({live.id: live}, None), "/metrics", history, 1, 1, now=now)
+    )
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+    )
+    browser.get(page.as_uri())
+    assert browser.execute_script(OVERFLOW) == 0
+    # Every column is still there and shows its text.
+    headers = browser.execute_script(
+        "return [...document.querySelectorAll('#history th')].map(th => th.textContent)"
+    )
+    assert headers[-2:] == ["Labels", "Source"]
+    cells = browser.execute_script(
+        "return [...document.querySelectorAll('#history tbody tr:first-child td')]"
+        ".map(td => td.textContent)"
+    )
+    assert cells[-1] == "proxy"
+    assert "feed_name=products-nightly-se" in cells[-2]

@@ -460,9 +460,12 @@ def test_the_image_serves_tls_and_basic_auth_from_a_mounted_web_config_and_stays
     body = wait_until(scraped, timeout=30, interval=0.2, what="a scrape over https with auth")
     assert "elevate_import_status{" in body
     assert "\nelevate_import_up 1.0\n" in body
-    # The credentials are what let the scrape in; plain HTTP is not served at all.
+    # The credentials are what let the scrape in; plain HTTP is not served, only told so.
     assert https_get(metrics, web_folder.client(), auth=False) == (401, "Unauthorized.\n")
-    assert http_get(f"http://127.0.0.1:{port}/metrics") is None
+    assert http_get(f"http://127.0.0.1:{port}/metrics") == (
+        400,
+        "Client sent an HTTP request to an HTTPS server.\n",
+    )
     # The image's health check gets past TLS and basic auth without the CA or a password.
     wait_until(
         lambda: health_status(name) == "healthy",

@@ -89,6 +89,7 @@ def running() -> Iterator[Exporter]:
             api_key=SIM_KEY,
             import_ids=["1001", "1002", "1003"],
             listen_address="127.0.0.1:0",
+            storage_path="",  # the default is ./data/..., in the work tree
         )
         shared = Exporter(settings)
         shared.start()

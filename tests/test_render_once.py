@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import threading
 import urllib.request
 
@@ -11,7 +12,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from elevate_import_exporter.exposition import MAX_SHARED, Renderer
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import ExporterFor
-from tests.support import Scrape
+from tests.support import Scrape, wait_until
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
@@ -44,7 +45,8 @@ def test_twenty_simultaneous_scrapes_of_one_round_cost_one_render_and_get_the_sa
         thread.join()
 
     assert len(bodies) == 20
-    assert len(set(bodies)) == 1
+    # The imports' part is one answer; the process' own figures are taken per scrape.
+    assert len({_without_fresh(body) for body in bodies}) == 1
     # The first scrape of a format may also render once to learn how long it takes.
     assert exporter.renders - before <= 2
     assert Scrape(bodies[0].decode()).current_status("1001") == "IN_PROGRESS"
@@ -90,5 +92,54 @@ def test_answers_kept_for_sharing_stay_few_however_many_accept_headers_clients_s
     assert renderer.kept_answers <= MAX_SHARED
     # The kinds asked for last are still shared.
     renders = renderer.renders
-    assert renderer.render(accept, "gzip", state=state) is answer
+    assert renderer.render(accept, "gzip", state=state).body == answer.body
     assert renderer.renders == renders
+
+
+def test_the_process_figures_move_between_scrapes_answered_from_one_round(
+    simulator: Simulator, exporter_for: ExporterFor
+) -> None:
+    simulator.add_import(ScriptedImport("1001", (Step("IN_PROGRESS"),)))
+    exporter = exporter_for(simulator.url, ["1001"], min_poll_interval="1h")
+    renders = exporter.renders
+    first = get(exporter.url)[1]
+
+    def cpu_moved() -> bytes | None:
+        # Some CPU is spent between two scrapes; the counter must show it.
+        later = get(exporter.url)[1]
+        return later if _cpu(later) > _cpu(first) else None
+
+    later = wait_until(cpu_moved, timeout=30, what="process_cpu_seconds_total to move")
+    assert _without_fresh(later) == _without_fresh(first)
+    assert exporter.renders - renders <= 2  # the imports' part was still shared
+
+
+def test_a_shared_gzip_answer_with_fresh_families_is_one_valid_stream() -> None:
+    shared, fresh = CollectorRegistry(), CollectorRegistry()
+    Gauge("shared_test_up", "Always 1.", registry=shared).set(1)
+    moving = Gauge("fresh_test_value", "Moves.", registry=fresh)
+    renderer = Renderer(shared, fresh)
+    state = (object(),)
+    for value in (1, 2):
+        moving.set(value)
+        body = renderer.render(OPENMETRICS, "gzip", state=state).body
+        text = gzip.decompress(body).decode()
+        assert f"fresh_test_value {value}.0" in text
+        assert text.index("shared_test_up") < text.index("fresh_test_value")
+        assert text.endswith("# EOF\n")
+        assert text.count("# EOF") == 1
+    assert renderer.renders == 1
+
+
+def _without_fresh(body: bytes) -> bytes:
+    return b"\n".join(
+        line
+        for line in body.split(b"\n")
+        if not re.match(rb"(# (HELP|TYPE) )?(process|python|elevate_import_proxy)_", line)
+    )
+
+
+def _cpu(body: bytes) -> float:
+    found = re.search(rb"^process_cpu_seconds_total (\S+)$", body, re.MULTILINE)
+    assert found, body
+    return float(found.group(1))

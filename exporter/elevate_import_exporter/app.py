@@ -58,6 +58,7 @@ class Application:
                 history=settings.history,
                 max_registered=settings.max_tracked,
                 clock=clock,
+                id_rule=id_rule(settings.api),
             )
             sources: list[IdSource] = [FixedIds(settings.import_ids)]
             if settings.ids_file is not None:
@@ -77,11 +78,14 @@ class Application:
             restored=self.catalog.restored_states(),
         )
         self.catalog.follow(self.poller, self.ids)
+        # What the poll rounds' state makes, rendered once a round and shared by its scrapes;
+        # and what moves between rounds (process, proxy), rendered for every scrape.
         self.registry = CollectorRegistry()
         self.registry.register(ImportCollector(self.poller, self.stats, self.ids, self.catalog))
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
+        self.fresh_registry: CollectorRegistry | None = CollectorRegistry()
+        ProcessCollector(registry=self.fresh_registry)
+        PlatformCollector(registry=self.fresh_registry)
+        GCCollector(registry=self.fresh_registry)
         self._first_round_done = threading.Event()
         try:
             self.web_config = _web_config(settings)
@@ -106,7 +110,7 @@ class Application:
             self.store.close()
             raise
         if self.proxy is not None:
-            self.registry.register(ProxyCollector(self.proxy.stats))
+            self.fresh_registry.register(ProxyCollector(self.proxy.stats))
         self._thread: threading.Thread | None = None
         self._proxy_thread: threading.Thread | None = None
         threading.Thread(target=self._first_round, name="first-round", daemon=True).start()
@@ -181,11 +185,23 @@ class Application:
         ports = self._server.ports
         return [f"{scheme}://{_url_host(h)}:{p}" for h, p in zip(hosts, ports, strict=True)]
 
+    @property
+    def proxy_urls(self) -> list[str]:
+        """The URL of each address the import proxy serves on; empty without a proxy."""
+        if self.proxy is None:
+            return []
+        scheme = "https" if self._tls_served else "http"
+        hosts = [host for host, _port in self.settings.proxy_addresses]
+        return [
+            f"{scheme}://{_url_host(h)}:{p}" for h, p in zip(hosts, self.proxy.ports, strict=True)
+        ]
+
     def reload(self) -> None:
         """Read every id source and the web configuration again (SIGHUP)."""
         if self.web_config is not None:
             self.web_config.reload()
-            log.info("reloaded the web configuration %s", self.web_config.path)
+            if self.web_config.unapplied is None:  # else a warning has said why not
+                log.info("reloaded the web configuration %s", self.web_config.path)
         self.ids.reload()
         log.info("reloaded the id sources: %d ids tracked", len(self.ids.current()))
 
@@ -254,6 +270,7 @@ def _proxy(
         register=catalog.register,
         timeout=settings.proxy_timeout,
         label_header=settings.proxy_label_header,
+        api=settings.api,
         web_config=web_config.current if web_config else None,
         tls=tls,
         # The CA bundle the status requests trust (requests reads the same variable).

@@ -20,7 +20,7 @@ from typing import Literal
 
 from elevate_import_exporter.model import FINAL_STATUSES
 from elevate_import_exporter.poller import ImportState, Poller
-from elevate_import_exporter.records import REGISTERED_SOURCES, ImportRecord, Registration
+from elevate_import_exporter.records import REGISTERED_SOURCES, IdRule, ImportRecord, Registration
 from elevate_import_exporter.records import CatalogError as CatalogError
 from elevate_import_exporter.sources import MemoryIds, TrackedIds
 from elevate_import_exporter.state import holds
@@ -87,15 +87,21 @@ class Catalog:
         history: float,
         max_registered: int,
         clock: Callable[[], float] = time.time,
+        id_rule: IdRule | None = None,  # model.id_rule of the API: a row of another id is skipped
     ) -> Catalog:
         return cls(
             store,
-            store.load(),
+            store.load(id_rule),
             retention=retention,
             history=history,
             max_registered=max_registered,
             clock=clock,
         )
+
+    @property
+    def skipped_rows(self) -> int:
+        """Damaged rows of the store that were skipped at load and stay in it untouched."""
+        return len(self._store.skipped)
 
     @property
     def retired_ids(self) -> frozenset[str]:
@@ -119,8 +125,9 @@ class Catalog:
         """Track each id, committed to the store before this returns; True where it was new.
 
         A known id (live or retired) is left as it is: registering it again is not an error.
-        ``source`` is ``api`` or ``proxy``. Raises :class:`CatalogError` if nothing could be
-        written.
+        ``source`` is ``api`` or ``proxy``. Raises :class:`CatalogError`, registering none,
+        if the store cannot take them, an id's stored row is damaged, or an id would not be
+        polled: --imports.max-tracked is one budget for every source (TrackedIds).
         """
         if source not in self.sources:
             raise ValueError(f"not a source of registrations: {source!r}")
@@ -130,13 +137,11 @@ class Catalog:
                 ImportRecord(r.id, source, first_seen=now, type=r.type, labels=r.labels)
                 for r in registrations
             ]
-            fresh = {r.id for r in records} - self._live.keys() - self._retired
-            registered = sum(len(s.current()) for s in self.sources.values())
-            if fresh and registered + len(fresh) > self._max_registered:
-                raise CatalogError(
-                    f"{registered} registered imports are tracked already; at most "
-                    f"{self._max_registered} (--imports.max-tracked)"
-                )
+            # Before following, the registrations alone are known to count.
+            ids = self._ids or TrackedIds(tuple(self.sources.values()), self._max_registered)
+            problem = ids.no_room_for({r.id for r in records} - self._retired)
+            if problem is not None:
+                raise CatalogError(f"{problem}; nothing was registered")
             try:
                 created = self._store.register(records)
             except StoreError as error:

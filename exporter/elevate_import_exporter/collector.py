@@ -44,6 +44,9 @@ class Lifecycle(Protocol):
     @property
     def retired_counts(self) -> Mapping[str, int]: ...
 
+    @property
+    def skipped_rows(self) -> int: ...
+
 
 class Snapshots(Protocol):
     """What the collector reads of the poller (:class:`~.poller.Poller`)."""
@@ -73,7 +76,7 @@ class ImportCollector(Collector):
         if self._ids is not None:
             yield from _source_families(0, {})
         if self._lifecycle is not None:
-            yield from _lifecycle_families({}, {})
+            yield from _lifecycle_families({}, {}, 0)
 
     def collect(self) -> Iterator[Metric]:
         yield from _families(self._poller.snapshot(), self._stats.snapshot(), self.final_lines)
@@ -81,14 +84,32 @@ class ImportCollector(Collector):
             yield from _source_families(self._ids.refused, self._ids.counts())
         if self._lifecycle is not None:
             lifecycle = self._lifecycle
-            yield from _lifecycle_families(lifecycle.registrations, lifecycle.retired_counts)
+            yield from _lifecycle_families(
+                lifecycle.registrations, lifecycle.retired_counts, lifecycle.skipped_rows
+            )
 
 
 def _families(snapshot: Snapshot, api: ApiStats, final: FinalLines) -> Iterator[Metric]:
     yield from import_families(snapshot.imports, final)
+    yield _failure_family(snapshot)
     yield from _round_families(snapshot.last_round, len(snapshot.imports))
     yield from _api_families(api)
     yield _build_info()
+
+
+def _failure_family(snapshot: Snapshot) -> Metric:
+    # Only the ids without an answer: few while Elevate answers, and what a per-id alert
+    # needs to say why.
+    family = GaugeMetricFamily(
+        "elevate_import_poll_failure",
+        "1 for each id whose latest poll round got no valid answer, by why: an error reason "
+        "of elevate_import_api_errors_total, deadline, not_sent or retry_after.",
+        labels=["id", "reason"],
+    )
+    for import_id, state in snapshot.imports.items():
+        if state.failure is not None and not state.poll_success:
+            family.add_metric([import_id, state.failure], 1.0)
+    return family
 
 
 def _round_families(last_round: RoundResult | None, tracked: int) -> Iterator[Metric]:
@@ -99,13 +120,19 @@ def _round_families(last_round: RoundResult | None, tracked: int) -> Iterator[Me
         "elevate_import_up",
         "1 if this scrape's poll got valid answers for every id it queried, else 0.",
     )
+    reachable = GaugeMetricFamily(
+        "elevate_import_api_reachable",
+        "1 if the latest poll round got a valid answer for at least one id (with nothing to "
+        "ask: the latest probe of the key did), else 0; what ElevateApiUnreachable watches.",
+    )
     duration = GaugeMetricFamily(
         "elevate_import_scrape_duration_seconds", "How long this scrape's poll round took."
     )
     if last_round is not None:
         up.add_metric([], 1.0 if last_round.up else 0.0)
+        reachable.add_metric([], 1.0 if last_round.reachable else 0.0)
         duration.add_metric([], last_round.seconds)
-    yield from (up, duration)
+    yield from (up, reachable, duration)
 
 
 def _source_families(refused: int, counts: Mapping[str, int]) -> Iterator[Metric]:
@@ -126,7 +153,7 @@ def _source_families(refused: int, counts: Mapping[str, int]) -> Iterator[Metric
 
 
 def _lifecycle_families(
-    registrations: Mapping[str, int], retired: Mapping[str, int]
+    registrations: Mapping[str, int], retired: Mapping[str, int], skipped: int
 ) -> Iterator[Metric]:
     registered = CounterMetricFamily(
         "elevate_import_registrations",
@@ -145,6 +172,12 @@ def _lifecycle_families(
     for status, count in retired.items():
         retired_total.add_metric([status], count)
     yield from (registered, retired_total)
+    yield GaugeMetricFamily(
+        "elevate_import_store_skipped_rows",
+        "Damaged rows of the store skipped at start-up; they stay in the file untouched, and "
+        "the log names each.",
+        value=skipped,
+    )
 
 
 def _api_families(api: ApiStats) -> Iterator[Metric]:

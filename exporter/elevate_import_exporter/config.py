@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import math
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from elevate_import_exporter.files import UnreadableFile, read_text_file
 from elevate_import_exporter.logs import LOG_FORMATS, LOG_LEVELS
 from elevate_import_exporter.model import API_FLAVOURS, id_rule
 
-# The option tables live in options.py; re-exported for callers that know config only.
+# The option tables and the syntax of values live in options.py; re-exported for callers
+# that know config only.
 from elevate_import_exporter.options import LOG_OPTIONS as LOG_OPTIONS
 from elevate_import_exporter.options import RUN_OPTIONS as RUN_OPTIONS
+from elevate_import_exporter.options import ConfigError as ConfigError
 from elevate_import_exporter.options import Option as Option
-from elevate_import_exporter.options import default
+from elevate_import_exporter.options import address_text, default, same_socket, shown_url
+from elevate_import_exporter.options import parse_duration as parse_duration
+from elevate_import_exporter.options import parse_http_url as parse_http_url
+from elevate_import_exporter.options import parse_listen_address as parse_listen_address
 from elevate_import_exporter.secret import Secret
 
 MAX_CONCURRENCY = 256
@@ -37,10 +42,6 @@ _SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 # An API key is tens of characters; a larger file is not a key file.
 MAX_KEY_FILE_BYTES = 64 * 1024
-
-
-class ConfigError(ValueError):
-    """A setting is missing or has a bad value; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class Settings:
     proxy_addresses: tuple[tuple[str, int], ...] = ()
     proxy_timeout: float = 600.0
     proxy_label_header: str = "X-Feed-Name"
+    # What is allowed but worth a word at start (a key file every user can read); the
+    # CLI logs each once logging is set up.
+    warnings: tuple[str, ...] = ()
 
 
 def cluster_url(cluster_id: str) -> str:
@@ -116,11 +120,14 @@ def load_settings(
     """
     addresses = _listen_addresses(listen_address)
     host, port = addresses[0]
+    proxy_addresses = _proxy_addresses(proxy_listen_address)
+    _apart(addresses, proxy_addresses)
     flavour = choice(api, "--elevate.api", API_FLAVOURS)
+    key = _api_key(api_key, api_key_file)
     return Settings(
         base_url=_base_url(cluster_id, base_url),
         api=flavour,
-        api_key=_api_key(api_key, api_key_file),
+        api_key=key,
         import_ids=_import_ids(import_ids, flavour),
         ids_file=Path(ids_file) if ids_file else None,
         concurrency=_whole_number(concurrency, "--elevate.concurrency", 1, MAX_CONCURRENCY),
@@ -142,26 +149,27 @@ def load_settings(
         retention=_positive_duration(retention, "--imports.retention", MAX_RETENTION),
         history=_duration(history, "--storage.history", MAX_HISTORY),
         enable_registration=bool(enable_registration),
-        proxy_addresses=_proxy_addresses(proxy_listen_address),
+        proxy_addresses=proxy_addresses,
         proxy_timeout=_positive_duration(proxy_timeout, "--proxy.timeout", MAX_PROXY_TIMEOUT),
         proxy_label_header=_header_name(proxy_label_header, "--proxy.label-header"),
+        warnings=tuple(w for w in [key_file_warning(api_key_file)] if w),
     )
+
+
+_API_PATH = re.compile(r"(?:/.*)?/api(?:/v\d+(?:/.*)?)?/?", re.IGNORECASE)
 
 
 def _base_url(cluster_id: str | None, base_url: str | None) -> str:
     if base_url:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        url = parse_http_url(base_url, "--elevate.base-url")
+        # A path prefix is a gateway's (the proxy puts it before every path too); the
+        # API's own path there would be asked twice, and every id would count a 404.
+        if _API_PATH.fullmatch(url.path):
             raise ConfigError(
-                f"--elevate.base-url must be an http:// or https:// URL with a host, "
-                f"got {base_url!r}"
+                "--elevate.base-url is scheme://host[:port] only (or a gateway's path "
+                f"prefix): the exporter adds /api/... itself, got {shown_url(base_url)!r}"
             )
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ConfigError(
-                f"--elevate.base-url must not carry credentials, a query or a fragment, "
-                f"got {parts.scheme}://{parts.hostname}..."
-            )
-        return base_url.rstrip("/")
+        return url.base
     if cluster_id:
         if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", cluster_id):
             raise ConfigError(
@@ -192,6 +200,25 @@ def _api_key(from_env: str | None, path: str | None) -> Secret:
             "no API key: set ELEVATE_API_KEY or --elevate.api-key-file (ELEVATE_API_KEY_FILE)"
         )
     return Secret(check_key(key, where))
+
+
+def key_file_warning(path: str | Path | None) -> str | None:
+    """A warning if every user of the host can read the key file, else None.
+
+    Only a warning: a container runtime may mount a secret that way, and the exporter
+    cannot change it. A file its group can read is left alone: the shipped Kubernetes
+    manifest mounts the key 0440 for the pod's fsGroup on purpose.
+    """
+    try:
+        mode = stat.S_IMODE(Path(path).stat().st_mode) if path else 0
+    except OSError:
+        mode = 0
+    if not mode & stat.S_IROTH:
+        return None
+    return (
+        f"the API key file {path} can be read by every user (mode {mode:04o}): "
+        f"chmod o-r {path} (in Kubernetes: the secret volume's defaultMode, e.g. 0440)"
+    )
 
 
 def read_key_file(path: str | Path) -> str:
@@ -245,25 +272,6 @@ def _seconds(value: str | float, name: str) -> float:
     return number
 
 
-_DURATION = re.compile(
-    r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?"
-)
-_UNIT_SECONDS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
-
-
-def parse_duration(value: str) -> float | None:
-    """Seconds of a duration in Prometheus' syntax (``90s``, ``15m``, ``1h30m``, ``0``)."""
-    text = value.strip()
-    if text == "0":
-        return 0.0
-    match = _DURATION.fullmatch(text)
-    if not text or match is None:
-        return None
-    return float(
-        sum(int(n) * unit for n, unit in zip(match.groups(), _UNIT_SECONDS, strict=True) if n)
-    )
-
-
 def _duration(value: str, name: str, high: float) -> float:
     seconds = parse_duration(str(value))
     if seconds is None or seconds > high:
@@ -276,7 +284,9 @@ def _duration(value: str, name: str, high: float) -> float:
 def _proxy_addresses(given: str | Iterable[str]) -> tuple[tuple[str, int], ...]:
     values = [given] if isinstance(given, str) else list(given)
     values = [v for value in values for v in value.split(",") if v.strip()]
-    return tuple(parse_listen_address(v.strip(), "--proxy.listen-address") for v in values)
+    addresses = tuple(parse_listen_address(v.strip(), "--proxy.listen-address") for v in values)
+    _apart((), addresses)
+    return addresses
 
 
 def _header_name(value: str, name: str) -> str:
@@ -327,13 +337,23 @@ def _listen_addresses(given: str | Iterable[str]) -> tuple[tuple[str, int], ...]
         if parsed in addresses and parsed[1] != 0:
             raise ConfigError(f"{name} {address!r} is given more than once")
         addresses.append(parsed)
+    _apart(addresses)
     return tuple(addresses)
 
 
-def parse_listen_address(address: str, name: str) -> tuple[str, int]:
-    """``[host]:port`` as the Prometheus exporters take it; an empty host means every address."""
-    match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.%\w]+)\]|([^\[\]:]*)):(\d{1,5})", address.strip())
-    port = int(match.group(3)) if match else -1
-    if match is None or not 0 <= port <= 65535:
-        raise ConfigError(f"{name} must be [host]:port, e.g. ':10025', got {address!r}")
-    return (match.group(1) or match.group(2) or ""), port
+def _apart(web: Iterable[tuple[str, int]], proxy: Iterable[tuple[str, int]] = ()) -> None:
+    """:class:`ConfigError` naming both flags and addresses if two would be one socket.
+
+    Found here, the error says which settings collide; found by bind(), it would only
+    say "Address already in use", as if another program held the port.
+    """
+    named = [("--web.listen-address", a) for a in web]
+    named += [("--proxy.listen-address", a) for a in proxy]
+    for index, (first_name, first) in enumerate(named):
+        for second_name, second in named[index + 1 :]:
+            if same_socket(first, second):
+                second_text = second_name + " " if second_name != first_name else ""
+                raise ConfigError(
+                    f"{first_name} {address_text(first)} and {second_text}"
+                    f"{address_text(second)} are the same address: give each a port of its own"
+                )

@@ -206,6 +206,11 @@ class Connections:
         wait_for = handshake.step(self._tls, conn.sock, conn.peer)
         if wait_for is None:
             self._drop(conn)
+        elif wait_for == handshake.PLAIN_HTTP:  # answered 400 in plain text: linger, close
+            conn.handshaking, conn.unread = False, True
+            conn.linger(now + min(LINGER_SECONDS, self._header_timeout))
+            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            self._next_expiry = min(self._next_expiry, conn.deadline)
         elif wait_for:
             self._selector.modify(conn.sock, wait_for, conn)
         else:

@@ -8,19 +8,24 @@ the request is sent. (A timer per request would cost a thread per request; readi
 body in pieces with per-read timeouts would still leave the headers unbounded.) The
 connect and a TLS handshake stay bounded by the socket timeout alone.
 
+And how long to wait before asking again: a ``Retry-After`` header, or a backoff.
+
 Standard library only: the transport plugs it into urllib3.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import heapq
 import http.client
 import itertools
+import random
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from typing import Any, Protocol, cast
 
 
@@ -122,7 +127,11 @@ class WholeHead(http.client.HTTPResponse):
         try:
             super().begin()
         finally:
-            self.fp = reader
+            # http.client closes the connection (fp None) on a status line that is not
+            # HTTP; the reader put back then would be a closed file, and the close that
+            # follows would fail on it and hide the BadStatusLine behind a ValueError.
+            if self.fp is lines:
+                self.fp = reader
         if lines.last == b"":
             raise http.client.RemoteDisconnected("connection closed inside the answer's headers")
 
@@ -137,3 +146,37 @@ class LastLine:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.reader, name)
+
+
+# The longest Retry-After honoured; a longer one, or a date further ahead, counts as
+# this. An hour outlasts any rate limit worth waiting for, and one answer cannot make
+# the exporter leave an id alone for days.
+MAX_RETRY_AFTER = 3600.0
+
+_BACKOFF_BASE = 0.1
+_BACKOFF_CAP = 2.0
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header, at most :data:`MAX_RETRY_AFTER`.
+
+    ASCII digits or an HTTP date; anything else (``³``, ``1e9``, ``-5``) is None, as if
+    there were no header.
+    """
+    value = (value or "").strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        if when.tzinfo is None:  # "-0000": an HTTP date is in GMT all the same
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - time.time()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def backoff(attempt: int) -> float:
+    # Half fixed, half random: spreads retries of a burst without ever retrying at once.
+    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**attempt)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import threading
 import time
@@ -36,23 +37,32 @@ def render(
     accept: str,
     accept_encoding: str,
     names: Iterable[str] = (),
+    fresh: CollectorRegistry | None = None,
 ) -> Exposition:
     """The registry in the format ``accept`` asks for; only the ``names`` families if given.
 
     ``names`` is the ``name[]`` query parameter of the Prometheus client libraries. The
     bytes are those of ``prometheus_client``'s encoder (gzip aside); the per-import
     families are written from their kept lines (lines.py) where the encoder would write
-    the same.
+    the same. ``fresh`` collectors follow ``registry``'s.
     """
-    wanted = [name for name in names if name]
-    source: _Collects = registry
-    if wanted and isinstance(registry, CollectorRegistry):
-        source = registry.restricted_registry(wanted)
     encoder, content_type = choose_encoder(accept)
-    runs = _runs(source, _dialect(encoder, content_type))
+    dialect = _dialect(encoder, content_type)
+    runs = itertools.chain(
+        _runs(_source(registry, names), dialect),
+        _runs(_source(fresh, names), dialect) if fresh is not None else (),
+        [[dialect.end]],
+    )
     if accepts_gzip(accept_encoding):
         return Exposition(_gzipped(runs), content_type, "gzip")
     return Exposition(_joined(runs), content_type, None)
+
+
+def _source(registry: CollectorRegistry | Collector, names: Iterable[str]) -> _Collects:
+    wanted = [name for name in names if name]
+    if wanted and isinstance(registry, CollectorRegistry):
+        return registry.restricted_registry(wanted)
+    return registry
 
 
 class _Collects(Protocol):
@@ -126,7 +136,6 @@ def _runs(source: _Collects, dialect: _Dialect) -> Iterator[list[bytes]]:
             yield from metric.runs()
         else:
             yield [dialect.alone(metric)]
-    yield [dialect.end]
 
 
 def _joined(runs: Iterable[list[bytes]]) -> bytes:
@@ -152,21 +161,24 @@ class Renderer:
     remembers how long each kind of answer took to build, so that a scrape can leave room
     for it within its timeout.
 
-    ``state`` is what the answer is made of (the poller's import mapping and last round,
-    which are replaced, never changed): scrapes that come with the same objects get the
-    same bytes, and simultaneous ones wait for a single render instead of each doing it.
+    ``state`` is what the ``registry``'s answer is made of (the poller's import mapping and
+    last round, which are replaced, never changed): scrapes that come with the same objects
+    share those bytes, and simultaneous ones wait for a single render instead of each doing
+    it. The ``fresh`` collectors (process, proxy) are cheap and move between rounds: they
+    are rendered for every scrape, so their counters never look frozen.
     """
 
     # How much of an estimate survives a faster render: it drops slowly, rises at once.
     _DECAY = 0.9
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, fresh: CollectorRegistry | None = None) -> None:
         self._registry = registry
+        self._fresh = fresh
         self._lock = threading.Lock()
         self._seconds: dict[tuple[str, bool], float] = {}
         self._kind_locks: dict[tuple[str, bool], threading.Lock] = {}
         self._shared: dict[tuple[str, bool], tuple[tuple[object, ...], Exposition]] = {}
-        self.renders = 0  # answers built, for the tests and the benchmark
+        self.renders = 0  # shared parts built, for the tests and the benchmark
 
     def estimate(self, accept: str, accept_encoding: str) -> float:
         """Seconds the answer will take to build; the first time, measured by building it."""
@@ -192,22 +204,22 @@ class Renderer:
     ) -> Exposition:
         wanted = [name for name in names if name]
         if wanted or state is None:
-            return self._build(accept, accept_encoding, wanted)
+            return render(self._registry, accept, accept_encoding, wanted, self._fresh)
         kind = _kind(accept, accept_encoding)
         with self._kind_lock(kind):
             with self._lock:
                 shared = self._shared.pop(kind, None)
             if shared is not None and _same(shared[0], state):
-                answer = shared[1]
+                part = shared[1]
             else:
                 # The old answer is let go first: a large one is not held twice.
                 shared = None
-                answer = self._build(accept, accept_encoding, wanted)
+                part = self._build(accept, accept_encoding, wanted)
             with self._lock:
-                self._shared[kind] = (state, answer)  # now the most recent
+                self._shared[kind] = (state, part)  # now the most recent
                 while len(self._shared) > MAX_SHARED:
                     del self._shared[next(iter(self._shared))]
-            return answer
+        return self._with_fresh(part, accept)
 
     @property
     def kept_answers(self) -> int:
@@ -222,8 +234,16 @@ class Renderer:
             return self._kind_locks.setdefault(kind, threading.Lock())
 
     def _build(self, accept: str, accept_encoding: str, wanted: list[str]) -> Exposition:
+        """The shared part: the registry's families without the end of the answer. Gzip'd,
+        it is a whole gzip member: the fresh part follows as another (RFC 1952 allows a
+        file of several members, and every gzip reader reads them as one stream)."""
         started = time.perf_counter()
-        answer = render(self._registry, accept, accept_encoding, wanted)
+        encoder, content_type = choose_encoder(accept)
+        runs = _runs(_source(self._registry, wanted), _dialect(encoder, content_type))
+        if accepts_gzip(accept_encoding):
+            answer = Exposition(_gzipped(runs), content_type, "gzip")
+        else:
+            answer = Exposition(_joined(runs), content_type, None)
         seconds = time.perf_counter() - started
         with self._lock:
             self.renders += 1
@@ -233,6 +253,15 @@ class Renderer:
                     self._seconds.clear()
                 self._seconds[kind] = max(seconds, self._DECAY * self._seconds.get(kind, 0.0))
         return answer
+
+    def _with_fresh(self, part: Exposition, accept: str) -> Exposition:
+        encoder, content_type = choose_encoder(accept)
+        dialect = _dialect(encoder, content_type)
+        runs = itertools.chain(
+            _runs(self._fresh, dialect) if self._fresh is not None else (), [[dialect.end]]
+        )
+        tail = _gzipped(runs) if part.content_encoding == "gzip" else _joined(runs)
+        return Exposition(part.body + tail, part.content_type, part.content_encoding)
 
 
 def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:

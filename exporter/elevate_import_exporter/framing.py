@@ -5,7 +5,10 @@ The loop that waits for a body (:mod:`~elevate_import_exporter.connections`) and
 handler that answers the request (:mod:`~elevate_import_exporter.web`) both decide from
 :func:`framing` over headers parsed by the same stdlib function, so they cannot disagree
 on where one request ends and the next begins: the disagreement request smuggling needs.
-Every framing that is not a plain, single ``Content-Length`` within bounds is refused.
+Every framing that is not a plain, single ``Content-Length`` within bounds is refused,
+and so is a head with a header line that is not ``name: value``: the stdlib parser would
+end the headers at such a line and drop those after it (``Content-Length`` among them),
+so that the body would be taken for the next request.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ HEAD_END = re.compile(rb"\r?\n\r?\n")
 # Digits only: int() would also take "+5", " 5", "1_0" and other scripts' digits.
 _LENGTH = re.compile(r"[0-9]{1,19}")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# RFC 9110 field-line: a token, a colon right after it, and a value of visible characters,
+# spaces, tabs and obs-text. No whitespace before the colon (RFC 9112 5.1), no line folded
+# onto the one before (obs-fold), no control character anywhere.
+_FIELD_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +43,7 @@ class Framing:
     refusal: HTTPStatus | None = None
     reason: str = ""
     expect_continue: bool = False
+    unreadable: bool = False  # a header line is not "name: value": no header is trusted
 
 
 NO_BODY = Framing()
@@ -69,10 +77,14 @@ def framing(headers: Message) -> Framing:
 
 
 def of_head(head: bytes) -> Framing:
-    """:func:`framing` of a complete request head (request line and headers).
+    """:func:`framing` of a complete request head (request line and headers), or its
+    refusal when a header line cannot be read.
 
     A head the handler will refuse anyway (too many or too long header lines) has no body.
     """
+    bad = unreadable_line(head)
+    if bad is not None:
+        return Framing(refusal=HTTPStatus.BAD_REQUEST, reason=bad, unreadable=True)
     lowered = head.lower()
     if b"content-length" not in lowered and b"transfer-encoding" not in lowered:
         return NO_BODY  # the common GET, without parsing its headers
@@ -85,6 +97,19 @@ def of_head(head: bytes) -> Framing:
     if found.expect_continue and not _line.rstrip().endswith(b"HTTP/1.1"):
         return Framing(found.length)
     return found
+
+
+def unreadable_line(head: bytes) -> str | None:
+    """Why a header line of ``head`` (request line, headers, blank line) cannot be read, or
+    None when each is ``name: value``."""
+    lines = head.split(b"\n")[1:]  # the request line is the handler's to judge
+    for number, line in enumerate(lines, start=2):
+        line = line.removesuffix(b"\r")
+        if not line:
+            return None  # the blank line that ends the head
+        if _FIELD_LINE.fullmatch(line) is None:
+            return f"header line {number} is not 'Name: value'"
+    return None
 
 
 def _too_large() -> Framing:

@@ -24,6 +24,8 @@ REFRESH_SECONDS = 5
 
 UNKNOWN_YET = "unknown yet"
 NO_ANSWER = "no answer"
+# "Last polled" of a final import, which is never asked again.
+FINAL_POLLED = "final, not asked again"
 
 # History rows on one page: the caller asks the store for this many, and the page shows
 # no more even if given more, so its size stays bounded whatever the store holds.
@@ -111,12 +113,19 @@ def _row(state: ImportState, now: float) -> str:
         + _cell(info.type if info else "")
         + f'<td class="status {status_class(info.status if info else None)}">'
         + f"{_escape(status)}</td>"
-        + _cell(since)
-        + _cell(ago(state.last_polled, now))
+        + _cell(since, "when")
+        # A final import is never asked again: an age that grows for a day would look stale.
+        + _cell(FINAL_POLLED if state.final else ago(state.last_polled, now))
         + _cell(info.message if info else "", "message")
-        + _cell("yes" if state.poll_success else "no")
+        + _cell(_poll_ok(state))
         + "</tr>"
     )
+
+
+def _poll_ok(state: ImportState) -> str:
+    if state.poll_success:
+        return "yes"
+    return f"no ({state.failure})" if state.failure else "no"
 
 
 def _history_rows(records: Sequence[ImportRecord], page: int) -> str:
@@ -134,8 +143,8 @@ def _history_row(record: ImportRecord) -> str:
         + _cell(record.type)
         + _history_status(record)
         + _cell(record.message, "message")
-        + _cell(_timestamp(record.first_seen))
-        + _cell(_timestamp(record.final_at) if record.final_at is not None else "never")
+        + _cell(_timestamp(record.first_seen), "when")
+        + _cell(_timestamp(record.final_at) if record.final_at is not None else "never", "when")
         + _cell(took(duration) if duration is not None else "")
         + '<td class="labels">'
         + " ".join(f'<span class="label">{_escape(f"{k}={v}")}</span>' for k, v in record.labels)
@@ -187,9 +196,11 @@ def _exporter_state(last: RoundResult | None, tracked: int, now: float) -> str:
     if last is None:
         return f"<p>{tracked} ids tracked. No poll round has ended yet.</p>"
     up = '<span class="up">yes</span>' if last.up else '<span class="down">no</span>'
+    reachable = '<span class="up">yes</span>' if last.reachable else '<span class="down">no</span>'
     items = (
         ("Last poll round ended", html.escape(f"{_timestamp(last.ended)}, {ago(last.ended, now)}")),
-        ("Up", up),
+        ("Up (every id answered)", up),
+        ("Elevate reachable", reachable),
         ("Took", _duration(last.seconds)),
         ("Ids queried", f"{last.queried} (final statuses are not asked again)"),
         ("Ids without an answer", _failures(last.failures)),
@@ -221,8 +232,15 @@ _PAGE = """<!DOCTYPE html>
 <style>
 body {{ font-family: sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; white-space: nowrap; }}
-td.message {{ white-space: normal; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }}
+/* Ids, statuses and ages stay on one line; timestamps may break between date and time,
+   messages and labels wherever they must, so that the tables fit a laptop's screen. */
+td {{ white-space: nowrap; }}
+td.when {{ white-space: normal; min-width: 6em; }}
+td.message {{ white-space: normal; overflow-wrap: anywhere; min-width: 12em; }}
+td.labels {{ white-space: normal; overflow-wrap: anywhere; }}
+.label {{ display: inline-block; }}
+.scroll {{ max-width: 100%; overflow-x: auto; }}
 dl.exporter {{ display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }}
 dl.exporter dt {{ font-weight: bold; }}
 dl.exporter dd {{ margin: 0; }}
@@ -246,13 +264,13 @@ nav.pages {{ margin: 0.6em 0; }}
 <h2>Tracked imports ({count})</h2>
 <p>As of the latest poll round; this page does not query Elevate, and reloads itself
 every {refresh} s.</p>
-<table id="tracked">
+<div class="scroll"><table id="tracked">
 <thead><tr><th>Id</th><th>Type</th><th>Status</th><th>Since</th><th>Last polled</th>
 <th>Message</th><th>Last poll ok</th></tr></thead>
 <tbody>
 {rows}
 </tbody>
-</table>
+</table></div>
 <h2>Exporter</h2>
 {exporter}
 <h2>Finished and retired imports</h2>
@@ -260,13 +278,13 @@ every {refresh} s.</p>
 (<code>--imports.retention</code>), then is retired: it leaves the metrics, and its
 alert resolves, but it stays listed here for the history period
 (<code>--storage.history</code>).</p>
-<table id="history">
+<div class="scroll"><table id="history">
 <thead><tr><th>Id</th><th>Type</th><th>Final status</th><th>Message</th><th>First seen</th>
 <th>Finished</th><th>Duration</th><th>Labels</th><th>Source</th></tr></thead>
 <tbody>
 {history}
 </tbody>
-</table>
+</table></div>
 {pagination}
 </body>
 </html>

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import html.entities
+import itertools
 import json
 import logging
 import re
 import sys
 import threading
+from array import array
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from types import TracebackType
+from typing import overload
 
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
+_LEVELS = {name: getattr(logging, name.upper()) for name in ("debug", "info", "warning", "error")}
 LOG_LEVELS = tuple(_LEVELS)
 LOG_FORMATS = ("logfmt", "json")
 
@@ -51,35 +50,234 @@ def _logfmt_value(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def secret_pattern(secret: str) -> re.Pattern[str]:
-    """``secret`` as text from outside may carry it: plainly or escaped, in any mix.
+REDACTED = "<redacted>"
 
-    An upstream or a proxy that echoes the key may escape any of its characters the way
-    JSON (``\\u002d``), HTML (``&#45;``, ``&#x2d;``, ``&lowbar;``) or a URL (``%2D``) does;
-    each such form is the key to whoever reads it. Case is ignored: a redaction too many
-    costs nothing.
+# One escape each, whole, as JSON (and JavaScript), HTML and URL encoders write them; a
+# UTF-8 character's bytes together.
+_JSON = (
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|\\u[0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2}|\\[\"'\\/bfnrt]"
+)
+_HTML = r"&#[xX][0-9a-fA-F]+;?|&#[0-9]+;?|&[A-Za-z][A-Za-z0-9]{0,31};?"
+_URL = (
+    r"%[cdCD][0-9a-fA-F]%[89abAB][0-9a-fA-F]|%[eE][0-9a-fA-F](?:%[89abAB][0-9a-fA-F]){2}"
+    r"|%[fF][0-4](?:%[89abAB][0-9a-fA-F]){3}|%[0-9a-fA-F]{2}"
+)
+_PLUS = r"\+"  # a space, in a form-encoded URL
+_ESCAPE_START = re.compile(r"[\\&%+]")
+_JSON_SHORT = dict(zip("\"'\\/bfnrt", "\"'\\/\b\f\n\r\t", strict=True))
+# Bounds of the work for one text: how deep escapes nest, how many readings of a layer are
+# followed, how many characters all but the first reading of each layer may scan, and how
+# many escapes all may decode (the minimum plus one for every two characters).
+_MAX_LAYERS, _MAX_READINGS = 8, 64
+_BUDGET_MIN, _BUDGET_PER_CHAR = 1 << 16, 16
+
+
+def secret_pattern(secret: str) -> Redactor:
+    """``secret`` found in text from outside however it was escaped (see :class:`Redactor`)."""
+    return Redactor(secret)
+
+
+class Redactor:
+    """Finds a secret in text however JSON, HTML and URL encoders wrote it, nested or mixed.
+
+    Rather than list forms, the text is decoded layer after layer (a JSON document quoted
+    in a JSON string, a URL in a page) and each layer searched, case ignored: a redaction
+    too many costs nothing. A decoded character knows the span it came from, so just the
+    escapes that make up the secret go. Bounded: a few passes for a usual secret; for one
+    holding ``\\``, ``&`` or ``%`` (which the wrong decoder reads as escapes) other orders
+    of decoders within a budget, past which every stretch that could hide it goes whole.
     """
-    return re.compile("".join(_char_forms(c) for c in secret), re.IGNORECASE)
+
+    def __init__(self, secret: str) -> None:
+        if not secret:
+            raise ValueError("an empty secret cannot be redacted")
+        self._secret = _folded(secret)
+        self._spaced = any(c.isspace() for c in secret)
+        # '+' stands for a space only if the secret has one; if it has '+' too, read both ways.
+        pluses = [False, True] if self._spaced and "+" in secret else [self._spaced]
+        exotic = any(c in "\\&%" for c in secret)
+        kinds = [[_JSON, _HTML, _URL]] + [[_JSON], [_HTML], [_URL]] * exotic
+        self._decoders = [
+            re.compile("|".join(kind + [_PLUS] * plus))
+            for kind in kinds
+            for plus in (pluses if _URL in kind else [False])
+        ]
+        # For callers that compile it into a bytes pattern (give bytes to sub instead): one
+        # layer of escapes, listed, as before.
+        self.pattern = "".join(_char_forms(c) for c in secret)
+
+    @overload
+    def sub(self, replacement: str, text: str) -> str: ...
+    @overload
+    def sub(self, replacement: bytes, text: bytes) -> bytes: ...
+    def sub(self, replacement: str | bytes, text: str | bytes) -> str | bytes:
+        """As ``re.Pattern.sub``; bytes that are not UTF-8 pass through unchanged."""
+        into = replacement.decode() if isinstance(replacement, bytes) else replacement
+        if isinstance(text, str):
+            return self.redact(text, into)
+        shown = text.decode("utf-8", "surrogateescape")
+        return self.redact(shown, into).encode("utf-8", "surrogateescape")
+
+    def redact(self, text: str, replacement: str = REDACTED) -> str:
+        pieces: list[str] = []
+        done = 0
+        for start, end in _merged(self.spans(text)):
+            pieces += [text[done:start], replacement]
+            done = end
+        return "".join(pieces) + text[done:] if pieces else text
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where ``text`` holds the secret, in any form (spans may overlap)."""
+        readings = [_Reading(text)]
+        spans = self._found(readings[0])
+        if not _ESCAPE_START.search(text):
+            return spans
+        chars = _BUDGET_MIN + _BUDGET_PER_CHAR * len(text)
+        escapes, seen = _BUDGET_MIN + len(text) // 2, {hash(text)}
+        try:
+            for _ in range(_MAX_LAYERS):
+                following: list[_Reading] = []
+                for reading, decoder in itertools.product(readings, self._decoders):
+                    # Each layer's first reading by the first decoder is made (if escapes last).
+                    if reading is not readings[0] or decoder is not self._decoders[0]:
+                        if chars <= 0 or len(following) >= _MAX_READINGS:
+                            raise _OverBudget
+                        chars -= len(reading.text)
+                    decoded, used = reading.decoded(decoder, escapes)
+                    escapes -= used
+                    if decoded is not None and hash(decoded.text) not in seen:
+                        seen.add(hash(decoded.text))
+                        spans += self._found(decoded)
+                        following.append(decoded)
+                for reading in readings:
+                    reading.text = ""  # only its marks are needed from here on
+                if not following:
+                    return spans
+                readings = following
+        except _OverBudget:
+            return spans + self._suspects(text)
+        return spans
+
+    def _found(self, reading: _Reading) -> list[tuple[int, int]]:
+        folded, size = _folded(reading.text), len(self._secret)
+        spans, at = [], folded.find(self._secret)
+        while at >= 0:
+            spans.append(reading.source(at, at + size))
+            at = folded.find(self._secret, at + size)
+        return spans
+
+    def _suspects(self, text: str) -> list[tuple[int, int]]:
+        """Failing closed: every stretch with escapes in it and room for the secret."""
+        runs = re.finditer(r".+" if self._spaced else r"\S+", text, re.DOTALL)
+        size = len(self._secret)
+        return [r.span() for r in runs if len(r[0]) >= size and _ESCAPE_START.search(r[0])]
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _Reading:
+    """A text decoded from the one ``below``. For each decoded escape: where it starts and
+    ends here, and its span below; the characters between escapes map one to one."""
+
+    __slots__ = ("below", "ends", "starts", "text", "there")
+
+    def __init__(self, text: str, below: _Reading | None = None) -> None:
+        self.text, self.below = text, below
+        self.starts, self.ends, self.there = array("q"), array("q"), array("q")
+
+    def decoded(self, decoder: re.Pattern[str], allowance: int) -> tuple[_Reading | None, int]:
+        """This text with the escapes ``decoder`` finds decoded (None if it finds none) and
+        how many it looked at; :class:`_OverBudget` past ``allowance``."""
+        text, done, size, used = self.text, 0, 0, 0
+        pieces: list[str] = []
+        result = _Reading("", self)
+        matches = decoder.finditer(text)
+        for used, match in enumerate(itertools.islice(matches, max(allowance, 0)), 1):  # noqa: B007
+            plain = _unescaped(match[0])
+            if plain is not None:
+                start, end = match.span()
+                size += start - done
+                result.starts.append(size)
+                pieces += (text[done:start], plain)
+                size, done = size + len(plain), end
+                result.ends.append(size)
+                result.there.extend((start, end))
+        if next(matches, None) is not None:
+            raise _OverBudget
+        if not pieces:
+            return None, used
+        result.text = "".join(pieces) + text[done:]
+        return result, used
+
+    def source(self, start: int, end: int) -> tuple[int, int]:
+        """The span of the first text that ``start:end`` of this one was decoded from."""
+        reading = self
+        while reading.below is not None:
+            start, end = reading._back(start)[0], reading._back(end - 1)[1]
+            reading = reading.below
+        return start, end
+
+    def _back(self, index: int) -> tuple[int, int]:
+        at = bisect.bisect_right(self.starts, index) - 1
+        if at < 0:
+            return index, index + 1
+        if index < self.ends[at]:
+            return self.there[2 * at], self.there[2 * at + 1]
+        index += self.there[2 * at + 1] - self.ends[at]
+        return index, index + 1
+
+
+@functools.lru_cache(maxsize=4096)
+def _unescaped(escape: str) -> str | None:
+    """What one escape stands for; None for what only looks like one (``&bogus;``)."""
+    head = escape[0]
+    if head in "+%":
+        data = bytes.fromhex(escape.replace("%", "")) if head == "%" else b" "
+        # A lone byte above 127 as Latin-1, as older encoders wrote it.
+        return data.decode("utf-8", "replace") if len(data) > 1 else chr(data[0])
+    if head == "&":
+        return _entity(escape[1:])
+    if escape[1] == "u":
+        code = int(escape[2:6], 16)
+        if len(escape) == 12:  # a surrogate pair
+            code = 0x10000 + ((code - 0xD800) << 10) + int(escape[8:], 16) - 0xDC00
+        return chr(code)
+    return chr(int(escape[2:], 16)) if escape[1] == "x" else _JSON_SHORT[escape[1]]
+
+
+def _entity(reference: str) -> str | None:
+    if not reference.startswith("#"):
+        return html.entities.html5.get(reference)
+    base = 16 if reference[1:2] in ("x", "X") else 10
+    # Leading zeros as many as come; a number beyond Unicode is the replacement character.
+    digits = reference[1 + (base == 16) :].rstrip(";").lstrip("0") or "0"
+    code = int(digits, base) if len(digits) <= 8 else 0
+    return chr(code) if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else "\ufffd"
+
+
+def _folded(text: str) -> str:
+    """``text`` in lower case, character for character (so that indices still match)."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            start, end = merged[-1][0], max(merged.pop()[1], end)
+        merged.append((start, end))
+    return merged
 
 
 def _char_forms(char: str) -> str:
     code = ord(char)
-    forms = [re.escape(char), f"&#0*{code};?", f"&#x0*{code:x};?"]
-    if code < 0x10000:
-        forms.append(rf"\\u{code:04x}")
-    if code < 0x80:
-        forms.append(f"%{code:02x}")
-    forms += [re.escape("&" + name) for name in _entity_names().get(char, ())]
-    return "(?:" + "|".join(forms) + ")"
-
-
-@functools.cache
-def _entity_names() -> dict[str, tuple[str, ...]]:
-    """HTML's named character references by the character they stand for."""
-    names: dict[str, list[str]] = {}
-    for name, text in html.entities.html5.items():
-        names.setdefault(text, []).append(name)
-    return {text: tuple(found) for text, found in names.items()}
+    return rf"(?:{re.escape(char)}|&#0*{code};?|&#x0*{code:x};?|\\u{code:04x}|%{code:02x})"
 
 
 class RedactingFilter(logging.Filter):
@@ -88,7 +286,7 @@ class RedactingFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
         # Escaped forms too: an exception may quote an answer that echoed the key escaped.
-        self._patterns = [secret_pattern(s) for s in secrets if s]
+        self._redactors = [Redactor(s) for s in secrets if s]
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = self._redact(record.getMessage()), None
@@ -103,8 +301,8 @@ class RedactingFilter(logging.Filter):
         return True
 
     def _redact(self, text: str) -> str:
-        for pattern in self._patterns:
-            text = pattern.sub("<redacted>", text)
+        for redactor in self._redactors:
+            text = redactor.redact(text)
         return text
 
 

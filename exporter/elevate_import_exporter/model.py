@@ -35,6 +35,13 @@ ERROR_REASONS = (
 RETRYABLE_REASONS = frozenset({"server_error", "rate_limited", "timeout", "connection_error"})
 # A 403 or 404 is about the key or the cluster, so no other id can do better.
 WHOLE_KEY_REASONS = frozenset({"forbidden", "cluster_not_found"})
+# What to check when an answer concerns every id: said by `run`'s log and `status` alike.
+WHOLE_KEY_HINTS = {
+    "forbidden": "Elevate refuses the Api-Key: check the key in --elevate.api-key-file or "
+    "ELEVATE_API_KEY, and that it belongs to this cluster",
+    "cluster_not_found": "Elevate does not know the cluster: check --elevate.cluster-id, "
+    "or that --elevate.base-url is the API's scheme://host[:port]",
+}
 _CLIENT_ERROR_REASONS = {403: "forbidden", 404: "cluster_not_found", 429: "rate_limited"}
 
 
@@ -54,8 +61,12 @@ _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ID_RULE = "1 to 64 characters of A-Z a-z 0-9 _ -"
 
 # Lone UTF-16 surrogates cannot be encoded, and control characters have no business in a
-# label value or a page; either would make a later stage fail or mislead.
-_UNSAFE = re.compile(r"[\ud800-\udfff\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# label value or a page; either would make a later stage fail or mislead. Bidirectional
+# controls (embeddings, overrides, isolates, marks) mislead too: they reorder what follows
+# on the screen, so that "SUCCESS" may read where the bytes say otherwise.
+_UNSAFE = re.compile(
+    r"[\ud800-\udfff\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 
 
 # The flavours of Elevate's import-status API (``--elevate.api``): Elevate 3's Web API v2,

@@ -1,12 +1,17 @@
-"""The options users set: flag, environment variable, default and help, written once.
+"""The options users set: flag, environment variable, default and help, written once;
+and how the values of several options are written (durations, addresses, URLs).
 
 The CLI builds its flags from these tables, :func:`~elevate_import_exporter.config.load_settings`
-takes its defaults from them, and the tests compare them with the contract.
+takes its defaults from them, and the tests compare them with the contract. ``track``
+checks its ``--exporter`` URL with :func:`parse_http_url` as ``run`` checks its base URL.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from elevate_import_exporter.logs import LOG_FORMATS, LOG_LEVELS
 from elevate_import_exporter.model import API_FLAVOURS
@@ -215,3 +220,123 @@ def default(dest: str) -> str:
     if value is None:
         raise KeyError(dest)
     return value
+
+
+# -- how values are written ------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a bad value; the message names it."""
+
+
+_DURATION = re.compile(
+    r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?"
+)
+_UNIT_SECONDS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds of a duration in Prometheus' syntax (``90s``, ``15m``, ``1h30m``, ``0``)."""
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    match = _DURATION.fullmatch(text)
+    if not text or match is None:
+        return None
+    return float(
+        sum(int(n) * unit for n, unit in zip(match.groups(), _UNIT_SECONDS, strict=True) if n)
+    )
+
+
+def parse_listen_address(address: str, name: str) -> tuple[str, int]:
+    """``[host]:port`` as the Prometheus exporters take it; an empty host means every address."""
+    match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.%\w]+)\]|([^\[\]:]*)):(\d{1,5})", address.strip())
+    port = int(match.group(3)) if match else -1
+    if match is None or not 0 <= port <= 65535:
+        raise ConfigError(f"{name} must be [host]:port, e.g. ':10025', got {address!r}")
+    return (match.group(1) or match.group(2) or ""), port
+
+
+def address_text(address: tuple[str, int]) -> str:
+    """``(host, port)`` as the listen-address flags take it."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def same_socket(first: tuple[str, int], second: tuple[str, int]) -> bool:
+    """Whether binding both addresses would clash: the same port (not 0), and hosts that
+    are plainly one address, or one of them every address. Other host names: bind() says."""
+    (host_a, port_a), (host_b, port_b) = first, second
+    if port_a != port_b or port_a == 0:
+        return False
+    a, b = _ip(host_a), _ip(host_b)
+    if host_a.lower() == host_b.lower() or (a is not None and a == b):
+        return True
+    # "" and "::" are every address, IPv4 too: the listeners bind them dual-stack.
+    if "" in (host_a, host_b) or _ip("::") in (a, b):
+        return True
+    both_v4 = a is not None and b is not None and a.version == b.version == 4
+    return both_v4 and _ip("0.0.0.0") in (a, b)
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class HttpUrl:
+    """An http:// or https:// URL that a connection can be made to, taken apart."""
+
+    scheme: str  # lower case
+    host: str  # without the brackets of an IPv6 address
+    port: int  # the scheme's own when none is given
+    path: str  # without its trailing "/"
+    netloc: str  # host and port as given
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.path}"
+
+
+_NETLOC = re.compile(r"(?:\[[^\]]*\]|[^:]*)(?::(.*))?")
+
+
+def parse_http_url(value: str, name: str) -> HttpUrl:
+    """``value`` taken apart, or :class:`ConfigError` naming ``name`` and the value as
+    :func:`shown_url` shows it. What a request would only fail on later is refused here:
+    an unclosed ``[``, a port that is not 1 to 65535 in digits, spaces, control characters."""
+    shown = shown_url(value)
+    if not value.isascii() or any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(
+            f"{name} must be an http:// or https:// base URL without query, spaces, control or "
+            f"non-ASCII characters (a host name in its xn-- form), got {shown!r}"
+        )
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigError(f"{name} is not a URL (an unclosed '[' ?), got {shown!r}") from None
+    scheme, netloc = parts.scheme.lower(), _NETLOC.fullmatch(parts.netloc)
+    if scheme not in ("http", "https") or not host or netloc is None:
+        raise ConfigError(f"{name} must be an http:// or https:// URL with a host, got {shown!r}")
+    if "@" in parts.netloc or parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ConfigError(
+            f"{name} must be a base URL without query, fragment or user:password@, got {shown!r}"
+        )
+    port = netloc.group(1) or ("443" if scheme == "https" else "80")
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(
+            f"{name} has the port {port[:20]!r}; a port is a number from 1 to 65535, got {shown!r}"
+        )
+    return HttpUrl(scheme, host, int(port), parts.path.rstrip("/"), parts.netloc)
+
+
+def shown_url(value: str) -> str:
+    """``value`` to quote in a message: without user:password@ and the text of a query or
+    a fragment (either may hold a key or a password), cut to 100 characters."""
+    shown = re.sub(r"(?<=//)[^/?#]*@", "***@", value)
+    shown = re.sub(r"\?[^#]*", "?...", shown, count=1)
+    return re.sub(r"#.*", "#...", shown, count=1)[:100]

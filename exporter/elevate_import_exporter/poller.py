@@ -13,13 +13,13 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, wait
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import wait
+from dataclasses import replace
 from typing import Protocol
 
 from elevate_import_exporter.holds import Holds
-from elevate_import_exporter.model import ApiError, ImportInfo, QueryError
+from elevate_import_exporter.model import WHOLE_KEY_HINTS, ApiError, ImportInfo, QueryError
 from elevate_import_exporter.sources import TrackedIds
 from elevate_import_exporter.state import ImportState as ImportState
 from elevate_import_exporter.state import RoundResult as RoundResult
@@ -38,9 +38,17 @@ FORGET_AFTER = 15 * 60.0
 MAX_DEPARTED = 100_000
 # The RoundResult.failures key of ids not asked because Elevate asked to wait.
 HELD = "retry_after"
+# Why an id got no answer when Elevate gave no error for it: not answered by the round's
+# deadline; not asked after an answer that concerns every id; a bug.
+DEADLINE, NOT_SENT, CRASHED = "deadline", "not_sent", "crashed"
+# Every reason of a round beside Elevate's error reasons (model.ERROR_REASONS).
+ROUND_REASONS = (DEADLINE, NOT_SENT, HELD, CRASHED)
 # With nothing to ask, one request for an id that cannot exist tells whether key and
 # cluster still work (a valid key gets 200 NOT_FOUND); no more often than this.
 PROBE_EVERY = 5 * 60.0
+# When no query of a round gets a valid answer, a probe tells an outage from ids that
+# fail on their own, no more often than this.
+REACHABILITY_PROBE_EVERY = 60.0
 # Real ids are long numbers or uuid-like strings; "0" is never one, and it passes the
 # id rule of every flavour.
 PROBE_ID = "0"
@@ -56,9 +64,66 @@ class StatusQuery(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
+Arrival = tuple[str, ImportInfo | None, BaseException | None]
+
+
 class _Round:
-    done: threading.Event = field(default_factory=threading.Event)
+    """A round in flight: the ids still to ask, and answers that arrived but are not applied.
+
+    Worker lanes take ids one at a time until the deadline or a stop, so no work is queued
+    that the round could not finish; answers are applied when somebody looks (a snapshot)
+    or when the round ends, and none that arrives after the end.
+    """
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.stop = threading.Event()
+        self.deadline = 0.0
+        self._lock = threading.Lock()
+        self._todo: Iterator[str] = iter(())
+        self._asking: set[str] = set()
+        self.asked: list[str] = []
+        self._arrived: list[Arrival] = []
+        self._closed = False
+        # Applied so far: ids with a valid answer, ids without one by why, warnings written.
+        self.answered = 0
+        self.failures: Counter[str] = Counter()
+        self.warned = 0
+        self.whole_key_warned: set[str] = set()
+        # Elevate answered with a Retry-After: alive, but asking to wait.
+        self.told_to_wait = False
+
+    def begin(self, ids: list[str], deadline: float) -> None:
+        with self._lock:
+            self._todo, self.deadline = iter(ids), deadline
+
+    def next_id(self) -> str | None:
+        with self._lock:
+            if self._closed or self.stop.is_set() or time.monotonic() >= self.deadline:
+                return None
+            import_id = next(self._todo, None)
+            if import_id is not None:
+                self._asking.add(import_id)
+                self.asked.append(import_id)
+            return import_id
+
+    def arrive(self, import_id: str, info: ImportInfo | None, error: BaseException | None) -> None:
+        with self._lock:
+            self._asking.discard(import_id)
+            if not self._closed:
+                self._arrived.append((import_id, info, error))
+
+    def take(self) -> list[Arrival]:
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+            return arrived
+
+    def close(self) -> tuple[list[Arrival], list[str], list[str]]:
+        """End the round: the answers to apply, ids asked but not answered, ids never asked."""
+        with self._lock:
+            self._closed = True
+            arrived, self._arrived = self._arrived, []
+            return arrived, sorted(self._asking), list(self._todo)
 
 
 class Poller:
@@ -90,6 +155,7 @@ class Poller:
         self._clock = clock
         self._holds = Holds()
         self._workers = Workers(concurrency)
+        self._size = concurrency
         self._lock = threading.Lock()
         self._running: _Round | None = None
         # Replaced, never mutated, so a snapshot is a reference taken under the lock.
@@ -104,6 +170,9 @@ class Poller:
         self._probe_up = True
         self._last_round: RoundResult | None = None
         self._last_end: float | None = None  # monotonic
+        # The round in which each id was last asked, whatever came of it; rounds so far.
+        self._last_asked: dict[str, int] = {}
+        self._rounds = 0
         self._sync_ids()
 
     def close(self) -> None:
@@ -111,6 +180,10 @@ class Poller:
         self._api.close()
 
     def snapshot(self) -> Snapshot:
+        """What is known now, answers of a round still running included."""
+        running = self._running
+        if running is not None:
+            self._apply(running, running.take())
         with self._lock:
             imports, last_round = self._imports, self._last_round
         return Snapshot(imports, last_round)
@@ -158,7 +231,7 @@ class Poller:
             self._sync_ids()
             return
         try:
-            self._run(deadline)
+            self._run(deadline, mine)
         finally:
             with self._lock:
                 self._running = None
@@ -210,45 +283,80 @@ class Poller:
                 return
             del departed[oldest]
 
-    def _run(self, deadline: float) -> None:
+    def _run(self, deadline: float, mine: _Round) -> None:
         started = time.monotonic()
         pending = self._sync_ids()
         held = self._holds.held(pending)
-        asked = [i for i in pending if i not in held]
-        stop = threading.Event()
-        futures: dict[Future[ImportInfo], str] = {
-            self._workers.submit(self._query, import_id, deadline, stop): import_id
-            for import_id in asked
-        }
-        done, _late = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        # Ids asked longest ago first: when the deadline cuts a round short, the next round
+        # begins with those it left out (and an id that hung goes after the others).
+        last = self._last_asked
+        asked = sorted((i for i in pending if i not in held), key=lambda i: last.get(i, -1))
+        mine.begin(asked, deadline)
+        lanes = [self._workers.submit(self._lane, mine) for _ in range(min(len(asked), self._size))]
+        wait(lanes, timeout=max(0.0, deadline - time.monotonic()))
+        # A 403, a 404 or a Retry-After stopped the round before its deadline.
+        stopped = mine.stop.is_set()
         # Stragglers give up instead of retrying after the round has ended.
-        stop.set()
-        answers: dict[str, ImportInfo | None] = dict.fromkeys(asked)
-        failures = _collect(futures, done, answers)
-        if held:
-            failures[HELD] = len(held)
+        mine.stop.set()
+        arrived, unanswered, never_asked = mine.close()
+        self._note_asked(mine.asked)
+        # Always a new mapping, even if nothing changed: readers (the catalog's retirement,
+        # the shared rendering) take a new mapping for a new round.
+        self._apply(mine, arrived, publish=True)
+        late = dict.fromkeys(unanswered, DEADLINE)
+        late.update(dict.fromkeys(never_asked, NOT_SENT if stopped else DEADLINE))
+        late.update(dict.fromkeys(held, HELD))
+        self._mark_failed(late)
+        failures = mine.failures + Counter(late.values())
         _log_round(failures, len(pending))
-        self._apply(answers, held)
         # Ids that left while the round ran leave now, not one scrape later.
         self._sync_ids()
         # Held ids were not queried: the contract's up is about the ids a round asked.
         up = not any(reason != HELD for reason in failures)
         if not pending:
-            up = self._probe(deadline)
+            up = reachable = self._probe(deadline, self._probe_every)
+        elif mine.answered or mine.told_to_wait:
+            reachable = True  # a Retry-After is an answer too: Elevate is there, and busy
+        elif mine.whole_key_warned:
+            reachable = False  # a 403 or a 404: Elevate refuses every id
+        elif len(asked) > len(never_asked):
+            # Every query failed: Elevate, or only these ids? An id that cannot exist tells.
+            reachable = self._probe(deadline, min(self._probe_every, REACHABILITY_PROBE_EVERY))
+        else:  # nothing was sent (all held): the last verdict stands
+            reachable = self._last_round.reachable if self._last_round is not None else True
         result = RoundResult(
             up=up,
             seconds=time.monotonic() - started,
-            queried=len(asked),
+            queried=len(asked) - len(never_asked),
             ended=self._clock(),
             failures=dict(failures),
+            reachable=reachable,
         )
         with self._lock:
             self._last_round = result
 
-    def _probe(self, deadline: float) -> bool:
-        """The verdict of the latest probe, asking anew when one is due."""
+    def _note_asked(self, asked: list[str]) -> None:
+        self._rounds += 1
+        last = self._last_asked
+        for import_id in asked:
+            last[import_id] = self._rounds
+        if len(last) > 2 * len(self._imports) + 1000:  # ids that left: bounded, amortised
+            self._last_asked = {i: n for i, n in last.items() if i in self._imports}
+
+    def _lane(self, mine: _Round) -> None:
+        """Ask ids of the round one at a time until none is left, the deadline or a stop."""
+        while (import_id := mine.next_id()) is not None:
+            try:
+                info = self._query(import_id, mine)
+            except Exception as error:  # every kind is counted and logged where applied
+                mine.arrive(import_id, None, error)
+            else:
+                mine.arrive(import_id, info, None)
+
+    def _probe(self, deadline: float, every: float) -> bool:
+        """The verdict of the latest probe, asking anew when ``every`` seconds have passed."""
         probe_id, now = self._probe_id, time.monotonic()
-        due = self._probed_at is None or now - self._probed_at >= self._probe_every
+        due = self._probed_at is None or now - self._probed_at >= every
         if probe_id is None or not due or self._holds.held([probe_id]):
             return self._probe_up
         try:
@@ -256,7 +364,9 @@ class Poller:
         except ApiError as error:
             self._holds.note(probe_id, error)
             log.warning(
-                "probe request (no import to poll) failed: reason=%s code=%s: %s",
+                "probe request (id %s, which cannot exist: does Elevate answer at all?) failed: "
+                "reason=%s code=%s: %s",
+                probe_id,
                 error.reason,
                 error.code,
                 error.detail,
@@ -269,30 +379,39 @@ class Poller:
         self._probed_at = now
         return self._probe_up
 
-    def _query(self, import_id: str, deadline: float, stop: threading.Event) -> ImportInfo:
+    def _query(self, import_id: str, mine: _Round) -> ImportInfo:
         try:
-            return self._api.import_status(import_id, deadline, stop)
+            return self._api.import_status(import_id, mine.deadline, mine.stop)
         except ApiError as error:
             # A 403/404, or a busy cluster asking to wait: no other id can do better now.
-            if self._holds.note(import_id, error) or error.concerns_whole_key:
-                stop.set()
+            if self._holds.note(import_id, error):
+                mine.told_to_wait = True
+                mine.stop.set()
+            elif error.concerns_whole_key:
+                mine.stop.set()
             raise
 
-    def _apply(self, answers: Mapping[str, ImportInfo | None], held: set[str]) -> None:
+    def _apply(self, mine: _Round, arrived: list[Arrival], *, publish: bool = False) -> None:
+        """Take answers of ``mine`` into the state, and count and log those that failed."""
+        if not arrived and not publish:
+            return
         now = self._clock()
         with self._lock:
             imports = dict(self._imports)
-            for import_id in held:
-                # Not asked, so not fresh; last_polled still says when it last was.
-                if (state := imports.get(import_id)) is not None:
-                    imports[import_id] = replace(state, poll_success=False)
-            for import_id, info in answers.items():
+            for import_id, info, error in arrived:
+                if info is None:
+                    reason = _reason(error)
+                    mine.failures[reason] += 1
+                    _warn(mine, import_id, error)
                 state = imports.get(import_id)
-                if state is None:  # removed from the ids file while the round ran
+                if state is None:  # removed from its source while the round ran
                     continue
                 if info is None:
-                    imports[import_id] = replace(state, poll_success=False, last_polled=now)
+                    imports[import_id] = replace(
+                        state, poll_success=False, last_polled=now, failure=reason
+                    )
                     continue
+                mine.answered += 1
                 changed = state.info is None or state.info.status != info.status
                 if changed and state.info is not None:
                     log.info(
@@ -308,28 +427,50 @@ class Poller:
                     status_since=now if changed else state.status_since,
                     poll_success=True,
                     last_polled=now,
+                    failure=None,
                 )
             self._imports = imports
 
+    def _mark_failed(self, failed: Mapping[str, str]) -> None:
+        """Ids the round did not get an answer for: not fresh, and why; ``last_polled``
+        still says when an answer last came."""
+        if not failed:
+            return
+        with self._lock:
+            imports = dict(self._imports)
+            for import_id, reason in failed.items():
+                if (state := imports.get(import_id)) is not None:
+                    imports[import_id] = replace(state, poll_success=False, failure=reason)
+            self._imports = imports
 
-def _collect(
-    futures: Mapping[Future[ImportInfo], str],
-    done: set[Future[ImportInfo]],
-    answers: dict[str, ImportInfo | None],
-) -> Counter[str]:
-    """Fill ``answers`` from the queries that ended; the ids without one, by why."""
-    failures: Counter[str] = Counter()
-    warned = 0
-    for future in done:
-        import_id = futures[future]
-        error = future.exception()
-        if error is None:
-            answers[import_id] = future.result()
-            continue
-        reason = error.reason if isinstance(error, ApiError) else "not_sent"
-        failures[reason] += 1
-        if isinstance(error, ApiError) and warned < _WARNINGS_PER_ROUND:
-            warned += 1
+
+def _reason(error: BaseException | None) -> str:
+    if isinstance(error, ApiError):
+        return error.reason
+    if isinstance(error, QueryError):
+        return NOT_SENT
+    return CRASHED
+
+
+def _warn(mine: _Round, import_id: str, error: BaseException | None) -> None:
+    """One warning per failed query, up to a limit a round; one per round for an answer
+    that concerns every id (the round stops there: the ids not asked count ``not_sent``)."""
+    if isinstance(error, ApiError) and error.concerns_whole_key:
+        if error.reason in mine.whole_key_warned:
+            return
+        mine.whole_key_warned.add(error.reason)
+        log.warning(
+            "%s (id=%s reason=%s code=%s: %s); the round asks no other id",
+            WHOLE_KEY_HINTS.get(error.reason, "Elevate refused the round"),
+            import_id,
+            error.reason,
+            error.code,
+            error.detail,
+        )
+        return
+    if isinstance(error, ApiError):
+        if mine.warned < _WARNINGS_PER_ROUND:
+            mine.warned += 1
             log.warning(
                 "status query failed for id=%s reason=%s code=%s: %s",
                 import_id,
@@ -337,12 +478,8 @@ def _collect(
                 error.code,
                 error.detail,
             )
-        elif not isinstance(error, QueryError):
-            log.error("status query crashed for id=%s", import_id, exc_info=error)
-    missing = len(futures) - len(done)
-    if missing:
-        failures["deadline"] += missing
-    return failures
+    elif not isinstance(error, QueryError) and error is not None:
+        log.error("status query crashed for id=%s", import_id, exc_info=error)
 
 
 def _log_round(failures: Counter[str], pending: int) -> None:
@@ -352,8 +489,16 @@ def _log_round(failures: Counter[str], pending: int) -> None:
     level = logging.DEBUG if set(failures) == {HELD} else logging.WARNING
     log.log(
         level,
-        "poll round: %d of %d ids without a fresh answer (%s)",
+        "poll round: %d of %d ids without a fresh answer (%s)%s",
         sum(failures.values()),
         pending,
         ", ".join(f"{k}={v}" for k, v in sorted(failures.items())),
+        "".join(_EXPLAINED[k] for k in sorted(failures) if k in _EXPLAINED),
     )
+
+
+# The reasons of a round summary that are no answer of Elevate's.
+_EXPLAINED = {
+    DEADLINE: "; deadline: not answered within the scrape's time, asked again next round",
+    NOT_SENT: "; not_sent: not asked, the round stopped at an answer that concerns every id",
+}

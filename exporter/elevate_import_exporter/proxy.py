@@ -9,14 +9,18 @@ Tracking happens after the client has its whole answer, and never changes it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from elevate_import_exporter.auth import CHALLENGE, BasicAuth
+from elevate_import_exporter.auth import CHALLENGE, RETRY_AFTER, BasicAuth, Verdict
 from elevate_import_exporter.handshake import ServerTls
+from elevate_import_exporter.logs import secret_pattern
+from elevate_import_exporter.model import id_rule
 from elevate_import_exporter.proxy_accept import Acceptor, Connection
 from elevate_import_exporter.proxy_exchange import Client, Exchange, Outcome, send_error
 from elevate_import_exporter.proxy_http import (
@@ -49,6 +53,10 @@ IDLE_TIMEOUT = 30.0
 MAX_CONNECTIONS = 64
 # Headers whose values are secrets: never a label, whatever --proxy.label-header says.
 SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", "cookie"})
+# Pieces of a request's secrets shorter than this are not looked for in its answer: a
+# password "P" would take every P out of a type, and shows little in any case.
+MIN_SECRET_CHARS = 4
+REDACTED = "<redacted>"
 _NO_WEB_CONFIG = WebConfig()
 
 Register = Callable[[Sequence[Registration], str], list[bool]]
@@ -59,7 +67,9 @@ class ImportProxy:
     hands the import ids of its 202 answers to ``register(registrations, "proxy")``.
 
     ``timeout`` bounds connecting to Elevate, waiting for its answer, and each read and
-    write of a body either way. ``label_header``: the request header whose value labels
+    write of a body either way (a client's body: also :data:`proxy_http.BODY_IDLE_SECONDS`
+    and a minimum rate). ``api``: the Elevate API flavour (``--elevate.api``), whose rule
+    an id must follow to be tracked. ``label_header``: the request header whose value labels
     the imports tracked (empty: none). ``web_config``: gives the current web config
     (basic auth users, extra answer headers), asked once a request.
     """
@@ -78,8 +88,12 @@ class ImportProxy:
         header_timeout: float = HEADER_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        api: str = "web-v2",
     ) -> None:
         self.stats = ProxyStats()
+        # Ids enter here as they enter everywhere else: by the configured API's rule.
+        self._valid_id, self._id_rule = id_rule(api)
+        self._api = api
         self._upstream = Upstream(upstream, timeout=timeout, ca_bundle=ca_bundle)
         self._register = register
         if label_header.lower() in SECRET_HEADERS:
@@ -124,7 +138,7 @@ class ImportProxy:
     # -- connection threads -----------------------------------------------------------
 
     def _serve(self, conn: Connection) -> None:
-        client = Client(conn.sock, conn.peer, self._upstream.timeout)
+        client = Client(conn.sock, conn.peer, self._upstream.timeout, conn.clock)
         try:
             while conn.await_request():
                 try:
@@ -179,7 +193,14 @@ class ImportProxy:
         extra = tuple(config.http.headers.items())
         drop: frozenset[str] = frozenset()
         if auth is not None:
-            if not auth.check(head.get("authorization")):
+            verdict = auth.verify(head.get("authorization"))
+            if verdict is Verdict.BUSY:
+                # Too many password checks at once (a flood of wrong ones): shed this one
+                # rather than let it wait behind them.
+                more = [("Retry-After", str(RETRY_AFTER))]
+                send_error(client, 429, "Too many password checks at once.", extra, more)
+                return Outcome(429)
+            if verdict is not Verdict.GRANTED:
                 more = [("WWW-Authenticate", CHALLENGE)]
                 send_error(client, 401, "Unauthorized.", extra, more)
                 return Outcome(401)
@@ -196,15 +217,31 @@ class ImportProxy:
             self.stats.import_answered(metric_type(result.kind), outcome(result.code, document))
         if result.code != 202:
             return
-        found = accepted_import(document) if document is not None else None
+        redact = _redactor(head)
+        found = None
+        if document is not None:
+            found = accepted_import(document, self._valid_id, redact)
         if found is None:
-            log.info("proxy: a 202 answer to %s %s holds no import id", head.method, head.path)
+            if document is not None and document.get("id") is not None:
+                log.warning(
+                    "proxy: the id in a 202 answer to %s %s is not tracked: ids of "
+                    "--elevate.api %s are %s",
+                    head.method,
+                    head.path,
+                    self._api,
+                    self._id_rule,
+                )
+            else:
+                log.info("proxy: a 202 answer to %s %s holds no import id", head.method, head.path)
             return
         import_id, answer_type = found
+        if redact(import_id) != import_id:
+            log.warning("proxy: the id in a 202 answer to %s holds the request's key", head.path)
+            return
         kind = answer_type or result.kind or ""
         value = head.get(self._label_header) if self._label_header else None
         registration = Registration(
-            import_id, kind, labels(head.path, head.query, self._label_key, value)
+            import_id, kind, labels(head.path, head.query, self._label_key, value, redact)
         )
         try:
             self._register([registration], "proxy")
@@ -225,3 +262,32 @@ class ImportProxy:
 
     def _extra_headers(self) -> tuple[tuple[str, str], ...]:
         return tuple(self._web_config()[0].http.headers.items())
+
+
+def _redactor(head: RequestHead) -> Callable[[str], str]:
+    """What takes the request's own secrets (its key, its credentials) out of text learnt
+    from its answer: Elevate may echo them, and what the proxy learns is logged, stored
+    and shown, which the client's key never is. The project's redaction, so that escaped
+    forms go too."""
+    secrets: set[str] = set()
+    for name in SECRET_HEADERS:
+        for value in head.values(name):
+            secrets.add(value)
+            scheme, _, credentials = value.partition(" ")
+            credentials = credentials.strip()
+            secrets.add(credentials)
+            if scheme.lower() == "basic":
+                with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+                    decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+                    secrets |= {decoded, decoded.partition(":")[2]}
+    # The longest first: a secret that holds another (a password in its credentials) is
+    # replaced whole.
+    longest = sorted((s for s in secrets if len(s) >= MIN_SECRET_CHARS), key=len, reverse=True)
+    patterns = [secret_pattern(s) for s in longest]
+
+    def redact(text: str) -> str:
+        for pattern in patterns:
+            text = pattern.sub(REDACTED, text)
+        return text
+
+    return redact

@@ -7,7 +7,9 @@ answers from memory after reading a head, which suits scrapes, not uploads of hu
 of MB.) The accepting thread cuts a connection that is still waiting for its TLS
 handshake or request head ``header_timeout`` seconds after it came (a kept-alive one
 ``idle_timeout`` seconds after its last answer), so trickling bytes do not extend it; when
-every place is taken, the one waiting longest makes room for a new one.
+every place is taken, the one waiting longest makes room for a new one, and if none is
+waiting, the slowest body (see :data:`~proxy_http.EVICT_GRACE`) does. A body that comes
+in below the minimum rate is ended as well; the serving thread answers it 408.
 
 ``drain``: no new connection or request is taken, those waiting are cut, and
 ``serve_forever`` returns once the requests being forwarded are over or the time is up.
@@ -26,6 +28,13 @@ from collections.abc import Callable, Sequence
 from elevate_import_exporter import handshake
 from elevate_import_exporter.handshake import ServerTls
 from elevate_import_exporter.listeners import listen_all
+from elevate_import_exporter.proxy_http import (
+    BODY_RATE_GRACE,
+    EVICT_BELOW_RATE,
+    EVICT_GRACE,
+    MIN_BODY_RATE,
+    BodyClock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,7 @@ class Connection:
         self.since = time.monotonic()
         self.deadline: float | None = deadline  # monotonic; None while a request is served
         self.cut = False
+        self.clock = BodyClock()
         # Set by the serving thread when the client may still be sending a body that was
         # not read: the close then lingers briefly.
         self.linger = False
@@ -173,9 +183,13 @@ class Acceptor:
         """Accept a connection; False if there is no room for one now."""
         with self._lock:
             if len(self._conns) >= self._max_connections:
-                waiting = [c for c in self._conns if c.deadline is not None and not c.cut]
+                if any(c.cut or c.clock.evicted for c in self._conns):
+                    return False  # a place is being made already
+                waiting = [c for c in self._conns if c.deadline is not None]
                 if waiting:
                     _cut(min(waiting, key=lambda c: c.since))
+                else:
+                    self._evict_slowest(time.monotonic())
                 return False
         try:
             sock, address = listener.accept()
@@ -194,6 +208,36 @@ class Acceptor:
         with self._lock:
             for conn in [c for c in self._conns if c.deadline is not None and c.deadline <= now]:
                 _cut(conn)
+            for conn in self._conns:
+                waited, rate = conn.clock.rate(now)
+                if waited >= BODY_RATE_GRACE and rate < MIN_BODY_RATE and not conn.clock.evicted:
+                    log.info(
+                        "proxy %s: the body comes at %.0f bytes/s, under the minimum of %.0f",
+                        conn.peer,
+                        rate,
+                        MIN_BODY_RATE,
+                    )
+                    _evict(conn)
+
+    def _evict_slowest(self, now: float) -> None:
+        """Make room by ending the slowest body that has had its grace (lock held)."""
+        slow = []
+        for conn in self._conns:
+            clock = conn.clock
+            started, reading = clock.started, clock.reading_since
+            if started is None or reading is None or now - started < EVICT_GRACE:
+                continue  # no body, one held back by Elevate, or one just begun
+            rate = clock.rate(now)[1]
+            if rate < EVICT_BELOW_RATE:
+                slow.append((rate, conn))
+        if slow:
+            rate, conn = min(slow, key=lambda found: found[0])
+            log.info(
+                "proxy %s: every place is taken: the slowest body (%.0f bytes/s) makes room",
+                conn.peer,
+                rate,
+            )
+            _evict(conn)
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -249,6 +293,14 @@ def _cut(conn: Connection) -> None:
     with contextlib.suppress(OSError):
         # The plain socket's shutdown, also under TLS: the TLS object stays its thread's.
         socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+
+
+def _evict(conn: Connection) -> None:
+    """End the body ``conn`` is reading: its reading ends as if the client had finished
+    sending, and its thread, seeing ``evicted``, answers 408 on the side still open."""
+    conn.clock.evicted = True
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(conn.sock, socket.SHUT_RD)
 
 
 def _linger(sock: socket.socket) -> None:

@@ -20,9 +20,12 @@ from http import HTTPStatus
 from typing import BinaryIO, cast
 
 from elevate_import_exporter.proxy_http import (
+    BODY_IDLE_SECONDS,
     CHUNK,
     LAST_CHUNK,
     BadRequest,
+    BodyClock,
+    BodyStalled,
     ClientGone,
     Framing,
     RequestHead,
@@ -43,6 +46,11 @@ from elevate_import_exporter.proxy_upstream import (
 log = logging.getLogger(__name__)
 
 _NO_BODY_CODES = (204, 304)
+# Methods that change nothing at Elevate: when their client closes its side before the
+# answer, the request upstream ends with it (an answer nobody waits for is worth nothing).
+# After any other request, sent whole, a client's end of sending may be a half-close
+# that still waits for the answer, and the import it started exists either way.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # The client reader's buffer, for heads and chunk lines; smaller than a body piece, so that
 # body bytes go from the socket straight into the piece, not through this buffer as well.
 READ_BUFFER = 16 * 1024
@@ -52,9 +60,13 @@ _BAD_TEXT = str.maketrans(dict.fromkeys((*map(chr, range(32)), "\x7f"), " "))
 class Client:
     """The connection to a feed job: its socket and a buffered reader over it."""
 
-    def __init__(self, sock: socket.socket, peer: str, timeout: float) -> None:
+    def __init__(
+        self, sock: socket.socket, peer: str, timeout: float, clock: BodyClock | None = None
+    ) -> None:
         self.sock = sock
         self.peer = peer
+        self.timeout = timeout
+        self.clock = clock or BodyClock()
         sock.settimeout(timeout)
         self.reader = cast(BinaryIO, sock.makefile("rb", buffering=READ_BUFFER))
 
@@ -129,10 +141,15 @@ class Exchange:
                 self.client.send(b"HTTP/1.1 100 Continue\r\n\r\n")
             sent_whole = self._send_body(conn, body)
             assert conn.sock is not None
-            if not wait_for_answer(conn.sock, self.client.sock, self.upstream.timeout):
+            stay = self.head.method not in _SAFE_METHODS
+            if not wait_for_answer(conn.sock, self.client.sock, self.upstream.timeout, stay=stay):
                 raise ClientGone("the client left while Elevate was working on the request")
             response = conn.getresponse()
         except ClientGone as exc:
+            if isinstance(exc, BodyStalled) or self.client.clock.evicted:
+                log.info("proxy %s %s: the body came too slowly", self.client.peer, self.head.path)
+                self.error(408, "The request body came too slowly.")
+                return Outcome(408, kind=self.kind)
             log.info("proxy %s %s: %s", self.client.peer, self.head.method, exc)
             return Outcome(CLIENT_GONE, kind=self.kind)
         except BadRequest as exc:
@@ -167,14 +184,28 @@ class Exchange:
         have answered early, say a 403 before the upload's end)."""
         if not body.has_body:
             return True
-        for piece in body_pieces(self.client.reader, body):
-            try:
-                conn.send(chunk(piece) if body.chunked else piece)
-            except TimeoutError:
-                raise
-            except OSError:
-                return False
-            self.stats.moved("upload", len(piece))
+        clock = self.client.clock
+        clock.begin()
+        self.client.sock.settimeout(min(self.client.timeout, BODY_IDLE_SECONDS))
+        try:
+            pieces = body_pieces(self.client.reader, body)
+            while True:
+                clock.reading()
+                piece = next(pieces, None)
+                if piece is None:
+                    break
+                clock.got(len(piece))
+                try:
+                    conn.send(chunk(piece) if body.chunked else piece)
+                except TimeoutError:
+                    raise
+                except OSError:
+                    return False
+                self.stats.moved("upload", len(piece))
+        finally:
+            clock.end()
+            with contextlib.suppress(OSError):
+                self.client.sock.settimeout(self.client.timeout)
         if body.chunked:
             try:
                 conn.send(LAST_CHUNK)

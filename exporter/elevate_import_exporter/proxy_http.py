@@ -9,6 +9,7 @@ reused buffer, never whole.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -34,6 +35,22 @@ _TARGET = re.compile(r"/[\x21-\x7e]*")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
+# Slow bodies. A client that sends its body a byte now and then holds a connection, and
+# so one of the proxy's threads, for as long as it likes: 64 of them lock the proxy out.
+# No byte of the body for BODY_IDLE_SECONDS (nginx's client_body_timeout), or, once the
+# proxy has waited BODY_RATE_GRACE seconds for the client's bytes, fewer than
+# MIN_BODY_RATE bytes a second on average over that waiting (Apache's mod_reqtimeout
+# default), and the request is answered 408. Only time spent waiting for the client
+# counts: a body held back because Elevate takes it slowly is not the client's doing.
+BODY_IDLE_SECONDS = 60.0
+BODY_RATE_GRACE = 30.0
+MIN_BODY_RATE = 500.0
+# With every place taken, a new connection gets the place of the slowest body that has
+# been coming for EVICT_GRACE seconds at under EVICT_BELOW_RATE bytes a second: uploads
+# that are real work keep their places, a client that only holds one loses it.
+EVICT_GRACE = 5.0
+EVICT_BELOW_RATE = 64 * 1024.0
+
 Headers = tuple[tuple[str, str], ...]
 
 
@@ -48,6 +65,49 @@ class BadRequest(Exception):
 
 class ClientGone(Exception):
     """The client closed its connection, or sent nothing more for too long, mid-body."""
+
+
+class BodyStalled(ClientGone):
+    """The client sent no byte of its body for :data:`BODY_IDLE_SECONDS`."""
+
+
+class BodyClock:
+    """How the body of the request being served comes in, kept by the serving thread and
+    judged by the accepting thread (plain attributes: a judgement a moment late is fine).
+    """
+
+    def __init__(self) -> None:
+        self.started: float | None = None  # monotonic, while a body is being read
+        self.received = 0
+        self.waited = 0.0  # seconds spent waiting for the client's bytes, until now
+        self.reading_since: float | None = None  # waiting for the client now, since then
+        self.evicted = False  # set by the accepting thread, which ends the reading
+
+    def begin(self) -> None:
+        self.received, self.waited, self.reading_since = 0, 0.0, None
+        self.started = time.monotonic()
+
+    def reading(self) -> None:
+        self.reading_since = time.monotonic()
+
+    def got(self, count: int) -> None:
+        since = self.reading_since
+        if since is not None:
+            self.waited += time.monotonic() - since
+        self.reading_since = None
+        self.received += count
+
+    def end(self) -> None:
+        self.started = self.reading_since = None
+
+    def rate(self, now: float) -> tuple[float, float]:
+        """Seconds waited for the client's body so far, and its bytes a second over them;
+        (0, inf) when no body is being read."""
+        if self.started is None:
+            return 0.0, float("inf")
+        since = self.reading_since
+        waited = self.waited + (now - since if since is not None else 0.0)
+        return waited, (self.received / waited if waited > 0 else float("inf"))
 
 
 @dataclass(frozen=True)
@@ -201,7 +261,9 @@ def _exactly(reader: BinaryIO, size: int, view: memoryview) -> Iterator[memoryvi
     while remaining:
         try:
             count = reader.readinto1(view[: min(CHUNK, remaining)])  # type: ignore[attr-defined]
-        except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+        except TimeoutError:
+            raise BodyStalled("no byte of the body came in time") from None
+        except (OSError, ValueError) as exc:
             raise ClientGone(f"reading the body failed: {type(exc).__name__}") from None
         if not count:
             raise ClientGone(f"the connection ended {remaining} bytes before the body's end")
@@ -228,6 +290,8 @@ def _skip_trailers(reader: BinaryIO) -> None:
 def _line(reader: BinaryIO, limit: int) -> bytes:
     try:
         line = reader.readline(limit)
+    except TimeoutError:
+        raise BodyStalled("no byte of the body came in time") from None
     except (OSError, ValueError) as exc:
         raise ClientGone(f"reading the body failed: {type(exc).__name__}") from None
     if not line:

@@ -12,18 +12,32 @@ number in the Admin API, exact beyond 2^53. One that finishes in time is answere
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zlib
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from elevate_import_exporter.model import FINAL_STATUSES, is_valid_import_id, safe_text
-from elevate_import_exporter.records import Labels
+from elevate_import_exporter.records import FieldError, Labels, checked_text, one_line
+
+log = logging.getLogger(__name__)
 
 # The most of an answer's body read for an id; a longer body is forwarded, not parsed.
 MAX_PARSED_BYTES = 64 * 1024
 MAX_LABEL_CHARS = 128
 MAX_TYPE_CHARS = 64
 _MAX_NUMERIC_ID_DIGITS = 64
+# Text from an answer read for secrets at most (the type is cut after the redaction, so
+# that a cut cannot leave part of a key behind).
+_MAX_REDACTED_CHARS = 4096
+
+Redact = Callable[[str], str]
+
+
+def _unchanged(text: str) -> str:
+    return text
+
 
 # Types of the import paths; other types (from answers) are "OTHER" in metric labels, so
 # that neither a client nor an answer can make series without end.
@@ -91,22 +105,34 @@ def answer_document(body: bytes, content_encoding: str) -> dict[str, object] | N
     return data if isinstance(data, dict) else None
 
 
-def accepted_import(document: dict[str, object]) -> tuple[str, str] | None:
+def accepted_import(
+    document: dict[str, object],
+    valid_id: Callable[[str], bool] = is_valid_import_id,
+    redact: Redact = _unchanged,
+) -> tuple[str, str] | None:
     """The id and the type (``""`` if none) of the import a 202 body describes, or None
-    if it holds no usable id (a float, a bool, text that is no import id)."""
+    if it holds no usable id (a float, a bool, text that is no import id): one that
+    ``valid_id``, the rule of the configured API's ids, takes. The type is ``redact``-ed
+    (the request's own secrets), then made one line of at most 64 characters."""
     raw = document.get("id")
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
-        import_id = str(raw)
-        if raw < 0 or len(import_id) > _MAX_NUMERIC_ID_DIGITS:
+        if raw < 0:
             return None
-    elif isinstance(raw, str) and is_valid_import_id(raw):
+        import_id = str(raw)
+    elif isinstance(raw, str):
         import_id = raw
     else:
         return None
+    if len(import_id) > _MAX_NUMERIC_ID_DIGITS or not valid_id(import_id):
+        return None
     kind = document.get("type")
-    return import_id, safe_text(kind, MAX_TYPE_CHARS) if isinstance(kind, str) else ""
+    if not isinstance(kind, str):
+        return import_id, ""
+    # Elevate's text, not the client's: made fit rather than refused (as the registration
+    # API would refuse it), so that the import is tracked all the same.
+    return import_id, one_line(safe_text(redact(kind[:_MAX_REDACTED_CHARS]), MAX_TYPE_CHARS))
 
 
 def label_key(header: str) -> str:
@@ -118,13 +144,33 @@ def label_key(header: str) -> str:
     return key if re.match(r"[a-z_]", key) else f"_{key}"[:64]
 
 
-def labels(path: str, query: str, header_key: str, header_value: str | None) -> Labels:
+def labels(
+    path: str,
+    query: str,
+    header_key: str,
+    header_value: str | None,
+    redact: Redact = _unchanged,
+) -> Labels:
     """The labels of an import tracked from a request to ``path?query``: ``path``, the
-    import's ``name`` (the v2 query parameter) if given, and the label header's value."""
+    import's ``name`` (the v2 query parameter) if given, and the label header's value.
+
+    Values are ``redact``-ed and cut to 128 characters as before; then the registration
+    API's rule for label values holds for them too (one rule for both). A value that
+    breaks it (a control character: ``?name=a%0Ab``) is left out, not cleaned: the
+    registration API refuses such text rather than repair it, and so does this; but the
+    import, started at Elevate already, is tracked all the same with its other labels.
+    """
     found = {"path": path}
     names = [value for key, value in parse_qsl(query, keep_blank_values=False) if key == "name"]
     if names:
         found["name"] = names[0]
     if header_key and header_value:
         found[header_key] = header_value
-    return tuple(sorted((k, safe_text(v, MAX_LABEL_CHARS)) for k, v in found.items()))
+    kept = []
+    for key, value in found.items():
+        text = redact(value)[:MAX_LABEL_CHARS]
+        try:
+            kept.append((key, checked_text(text, MAX_LABEL_CHARS, f"labels.{key}")))
+        except FieldError as exc:
+            log.warning("proxy: the label %s of an import from %s is left out: %s", key, path, exc)
+    return tuple(sorted(kept))

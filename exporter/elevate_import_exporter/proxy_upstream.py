@@ -11,13 +11,19 @@ not be sent again over.
 from __future__ import annotations
 
 import http.client
+import io
 import select
 import socket
 import ssl
 import time
+from collections.abc import Callable
+from typing import cast
 from urllib.parse import urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# Interim answers (1xx) read before the final one at most; each is bounded by http.client's
+# own limits on a head's lines.
+MAX_INTERIM_ANSWERS = 16
 
 
 class UpstreamError(Exception):
@@ -62,6 +68,7 @@ class Upstream:
             conn = http.client.HTTPSConnection(
                 self.host, self.port, timeout=self.timeout, context=self._context
             )
+        conn.response_class = FinalResponse
         try:
             conn.connect()
         except Exception as exc:
@@ -96,12 +103,77 @@ def failure(exc: BaseException) -> UpstreamError:
     raise exc
 
 
-def wait_for_answer(upstream: socket.socket, client: socket.socket, timeout: float) -> bool:
+class FinalResponse(http.client.HTTPResponse):
+    """Elevate's final answer to a request, read past any interim ones.
+
+    Interim answers other than ``100 Continue`` (``102 Processing``, ``103 Early Hints``)
+    are read and dropped, not relayed: the feed job waits for the final answer, and many
+    HTTP clients (Python's http.client, and so requests) would take any 1xx but 100 for
+    it. A ``101`` answers an upgrade that is never asked for: not valid here.
+
+    A head in which a bare CR or LF splits a line is refused (``HTTPException``, a 502):
+    http.client reads either as a line's end, so ``X-Evil: a\rSet-Cookie: x=1`` would
+    reach the client as a header of its own. Elevate writes CRLF; a head that does not
+    comes from something that should not be trusted to say where a field ends, so no
+    reading of it is relayed, nor an id taken from its body.
+    """
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return
+        real = self.fp
+        recorder = _LineRecorder(real)
+        self.fp = cast("io.BufferedReader", recorder)
+        try:
+            super().begin()
+        finally:
+            self.fp = real
+        if recorder.broken:
+            raise http.client.HTTPException("a line of the answer's head is broken by a CR or LF")
+
+    def _read_status(self) -> tuple[str, int, str]:
+        read = cast(
+            "Callable[[], tuple[str, int, str]]",
+            getattr(super(), "_read_status"),  # noqa: B009
+        )
+        for _ in range(MAX_INTERIM_ANSWERS):
+            version, status, reason = read()
+            if status == 101:
+                raise http.client.HTTPException("an upgrade that was not asked for")
+            if not 100 < status < 200:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # hints for a browser: dropped
+        raise http.client.HTTPException("too many interim answers")
+
+
+class _LineRecorder:
+    """The answer's reader while its head is read: notes a line that a bare CR or LF
+    would split (http.client reads heads with readline alone)."""
+
+    def __init__(self, real: io.BufferedReader) -> None:
+        self._real = real
+        self.broken = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._real.readline(limit)
+        text = line[:-2] if line.endswith(b"\r\n") else line
+        if b"\r" in text or (line.endswith(b"\n") and not line.endswith(b"\r\n")):
+            self.broken = True
+        return line
+
+
+def wait_for_answer(
+    upstream: socket.socket, client: socket.socket, timeout: float, *, stay: bool = False
+) -> bool:
     """Wait until Elevate has begun to answer: True then; False if the client closed its
-    connection first. :class:`UpstreamError` (timeout) after ``timeout`` seconds.
+    connection first, unless ``stay``. :class:`UpstreamError` (timeout) after ``timeout``
+    seconds.
 
     Elevate may hold a request for minutes before it answers; a feed job that gave up in
-    the meantime must not leave the import's request open upstream.
+    the meantime must not leave the import's request open upstream. With ``stay`` (the
+    request, sent whole, may have started an import) the end of the client's sending may
+    be a half-close of a client still reading: the answer is awaited all the same, and
+    if the client has gone, read for the import's id.
     """
     deadline = time.monotonic() + timeout
     watched = [upstream, client]
@@ -113,9 +185,9 @@ def wait_for_answer(upstream: socket.socket, client: socket.socket, timeout: flo
         if upstream in readable:
             return True
         if client in readable:
-            if _closed(client):
+            if _closed(client) and not stay:
                 return False
-            watched = [upstream]  # the next request, pipelined: not a goodbye
+            watched = [upstream]  # the next request pipelined, or a half-close
 
 
 def _closed(sock: socket.socket) -> bool:

@@ -9,23 +9,22 @@ keys, control characters. A body is taken whole or not at all.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
-from elevate_import_exporter.model import safe_text
-from elevate_import_exporter.records import Registration
+from elevate_import_exporter.records import (
+    FieldError,
+    Registration,
+    checked_labels,
+    checked_text,
+    one_line,
+    shown_text,
+)
 
 MAX_IMPORTS = 1000  # per request
 MAX_TYPE_CHARS = 64
-MAX_LABELS = 8
-MAX_LABEL_VALUE_CHARS = 128
-LABEL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}")
-LABEL_NAME_RULE = "1 to 64 characters of a-z 0-9 _, not starting with a digit"
 KEYS = ("id", "type", "labels")
 JSON_TYPE = "application/json"
-# Control characters, and what safe_text would rewrite (lone surrogates): refused.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 IdCheck = Callable[[str], bool]
 
@@ -94,7 +93,7 @@ def _decode(body: bytes) -> Any:
     except RecursionError:
         raise RegistrationError("the body is nested too deeply") from None
     except ValueError as exc:
-        raise RegistrationError(f"the body is not JSON: {_one_line(str(exc))}") from None
+        raise RegistrationError(f"the body is not JSON: {one_line(str(exc))}") from None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -126,43 +125,14 @@ def _registration(item: Any, where: str, valid_id: IdCheck, id_rule: str) -> Reg
     import_id = item["id"]
     if not isinstance(import_id, str) or not valid_id(import_id):
         raise RegistrationError(f"id must be a string of {id_rule}", where + "id")
-    kind = _text(item.get("type", ""), MAX_TYPE_CHARS, where + "type")
-    labels = _labels(item.get("labels", {}), where + "labels")
+    try:
+        kind = checked_text(item.get("type", ""), MAX_TYPE_CHARS, where + "type")
+        labels = checked_labels(item.get("labels", {}), where + "labels")
+    except FieldError as exc:
+        raise RegistrationError(exc.message, exc.field) from None
     return Registration(import_id, kind, labels)
-
-
-def _labels(value: Any, field: str) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict):
-        raise RegistrationError("labels must be an object of strings", field)
-    if len(value) > MAX_LABELS:
-        raise RegistrationError(f"at most {MAX_LABELS} labels, got {len(value)}", field)
-    for name in value:
-        if LABEL_NAME.fullmatch(name) is None:
-            raise RegistrationError(
-                f"label name {_shown(name)} must be {LABEL_NAME_RULE}", f"{field}.{_shown(name)}"
-            )
-    return tuple(
-        sorted(
-            (name, _text(text, MAX_LABEL_VALUE_CHARS, f"{field}.{name}"))
-            for name, text in value.items()
-        )
-    )
-
-
-def _text(value: Any, limit: int, field: str) -> str:
-    if not isinstance(value, str):
-        raise RegistrationError(f"{field} must be a string", field)
-    if len(value) > limit:
-        raise RegistrationError(f"{field} must be at most {limit} characters", field)
-    if _CONTROL.search(value) or safe_text(value) != value:
-        raise RegistrationError(f"{field} must not contain control characters", field)
-    return value
 
 
 def _shown(text: str) -> str:
     """A client's key, fit to name in a one-line error."""
-    return _one_line(safe_text(text, 64)) or '""'
-
-
-def _one_line(text: str) -> str:
-    return " ".join(_CONTROL.sub(" ", text).split())
+    return shown_text(text)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
+
+# Who keeps a place under --imports.max-tracked first (lowest): see TrackedIds. A source
+# not named here (flags, or one added later) counts as fixed; 1 are records.REGISTERED_SOURCES.
+_RANKS = {"file": 2, "api": 1, "proxy": 1}
 
 
 @runtime_checkable
@@ -89,10 +93,14 @@ class MemoryIds:
 class TrackedIds:
     """The ids of all sources, in the order of the sources, each id once.
 
-    With ``max_tracked``, only the first that many ids are tracked: a runaway
-    source must not take the exporter's memory or flood Prometheus with series.
-    The ids beyond it are :attr:`refused`, with one warning each time their
-    number changes.
+    With ``max_tracked``, at most that many ids are tracked, whichever source holds
+    them: a runaway source must not take the exporter's memory or flood Prometheus
+    with series. The ids beyond it are :attr:`refused`, with one warning each time
+    their number changes. When there are too many, the ids of flags come first
+    (fixed for the process' life), then registered ids (a registration was answered
+    ``201`` only if the budget had room for it, a promise that a later change of the
+    ids file must not break), then the ids file's: its last ids are the ones refused.
+    Each group keeps the order of its sources.
     """
 
     def __init__(self, sources: Sequence[IdSource], max_tracked: int | None = None) -> None:
@@ -104,6 +112,7 @@ class TrackedIds:
         self._seen: tuple[tuple[str, ...], ...] | None = None
         self._current: tuple[str, ...] = ()
         self._owner: dict[str, str] = {}
+        self._held: dict[str, str] = {}  # every id of a source, refused ones too
         self._counts: dict[str, int] = {}
         self._refused = 0
         self._excluded: frozenset[str] = frozenset()
@@ -129,6 +138,35 @@ class TrackedIds:
         if refused != refused_before:
             self._log_refused(refused, len(current))
         return current
+
+    @property
+    def max_tracked(self) -> int | None:
+        return self._max
+
+    def held(self) -> Mapping[str, str]:
+        """Every id a source holds (but excluded ones), tracked or refused, with the name
+        of the first source that holds it; replaced, never changed."""
+        self.current()
+        with self._lock:
+            return self._held
+
+    def no_room_for(self, ids: Collection[str]) -> str | None:
+        """Why ``ids`` cannot all be tracked if a source adds them now (None: they can).
+
+        An id tracked already needs no room; one held but refused has none; a new one
+        takes a place, and all of them must fit under ``max_tracked``.
+        """
+        held = self.held()
+        with self._lock:
+            untracked = [i for i in ids if i not in self._owner]
+        new = sum(1 for i in untracked if i not in held)
+        if not untracked or self._max is None or len(held) + new <= self._max:
+            return None
+        return (
+            f"{len(held)} imports are tracked or refused already (flags, the ids file and "
+            f"registrations together) and {len(untracked)} more cannot be: at most "
+            f"{self._max} are tracked (--imports.max-tracked)"
+        )
 
     @property
     def refused(self) -> int:
@@ -164,21 +202,40 @@ class TrackedIds:
             for import_id in ids:
                 if import_id not in excluded:
                     owner.setdefault(import_id, source.name)
-        refused = 0
+        held, refused = owner, 0
         if self._max is not None and len(owner) > self._max:
             refused = len(owner) - self._max
-            owner = dict(islice(owner.items(), self._max))
+            owner = self._within(owner, parts, self._max)
         counts = dict.fromkeys((s.name for s in self.sources), 0)
         for name in owner.values():
             counts[name] += 1
         self._owner, self._counts, self._refused = owner, counts, refused
+        self._held = held
         self._current = tuple(owner)
         self._seen = parts
+
+    def _within(
+        self, owner: dict[str, str], parts: tuple[tuple[str, ...], ...], most: int
+    ) -> dict[str, str]:
+        """The ``most`` ids of ``owner`` that keep their place: by rank, then in order."""
+        rank = dict.fromkeys(owner, max(_RANKS.values()))
+        for source, ids in zip(self.sources, parts, strict=True):
+            here = _RANKS.get(source.name, 0)
+            for import_id in ids:
+                if rank.get(import_id, -1) > here:
+                    rank[import_id] = here
+        groups: dict[int, list[str]] = {}
+        for import_id in owner:
+            groups.setdefault(rank[import_id], []).append(import_id)
+        ranked = (import_id for level in sorted(groups) for import_id in groups[level])
+        kept = set(islice(ranked, most))
+        return {import_id: name for import_id, name in owner.items() if import_id in kept}
 
     def _log_refused(self, refused: int, tracked: int) -> None:
         if refused:
             log.warning(
-                "%d import ids refused: only the first %d are tracked (--imports.max-tracked)",
+                "%d import ids refused: only the first %d are tracked (--imports.max-tracked): "
+                "flags first, then registered ids, then the ids file in its order",
                 refused,
                 self._max,
             )

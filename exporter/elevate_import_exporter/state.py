@@ -22,6 +22,9 @@ class ImportState:
     poll_success: bool = False
     # When the latest answer (good or not) for the id came in; None: never asked.
     last_polled: float | None = None
+    # Why the latest round got no valid answer for the id (an error reason, "deadline",
+    # "not_sent" or "retry_after"); None while poll_success holds.
+    failure: str | None = None
 
     @property
     def final(self) -> bool:
@@ -35,6 +38,9 @@ class RoundResult:
     queried: int
     ended: float  # wall-clock time, as the poller's clock tells it
     failures: Mapping[str, int] = field(default_factory=dict)  # ids without an answer, by why
+    # Elevate gave at least one valid answer (or, with nothing to ask, the probe did): what
+    # "the API is unreachable" alerts on, so that one silent id cannot look like an outage.
+    reachable: bool = True
 
 
 @dataclass(frozen=True)

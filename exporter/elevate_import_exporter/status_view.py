@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any, Protocol, TextIO
 
+from elevate_import_exporter.model import safe_text
 from elevate_import_exporter.status import IdState, Outcome, Progress
 
 CSI = "\x1b["
@@ -222,7 +223,9 @@ def duration(seconds: float) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    # safe_text again, although text is made safe where it comes in: a control or bidi
+    # character reaching a terminal would rewrite or reorder the line.
+    return " ".join(safe_text(text).split())
 
 
 def _fit(text: str, width: int | None) -> str:

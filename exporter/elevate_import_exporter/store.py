@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
 import sqlite3
-import stat
-import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from elevate_import_exporter.records import ImportRecord
+from elevate_import_exporter import files
+from elevate_import_exporter.records import (
+    ANY_ID,
+    FieldError,
+    IdRule,
+    ImportRecord,
+    damage_text,
+    record_of_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +62,8 @@ SCHEMA_VERSION: int = len(MIGRATIONS)
 _INSERT = f"INSERT INTO imports ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})"  # noqa: S608
 _UPSERT = " ".join(f"{name} = excluded.{name}," for name in _FIELDS[1:]).rstrip(",")
 _HEADER = b"SQLite format 3\x00"
-# Non-blocking: a named pipe at the path must not hang the start; no controlling tty.
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_CREAT
-_KINDS = {"d": "a directory", "p": "a named pipe (FIFO)", "c": "a character device"}
-_KINDS |= {"b": "a block device", "s": "a socket"}
-# Files (device, inode) held in this process. Closing any descriptor of a file drops all
-# the POSIX locks this process has on it, SQLite's too: so a second open in this process
-# is refused before it opens (and closes) a descriptor of a file that is in use.
-_HELD: set[tuple[int, int]] = set()
-_Held = tuple[int, tuple[int, int]]  # descriptor, (device, inode)
+# Enough damaged rows to see what is wrong, without a line for each row of a bad restore.
+WARNED_ROWS = 20
 
 
 class StoreError(Exception):
@@ -78,14 +76,23 @@ class StoreError(Exception):
 
 
 class Store:
-    """The imports table of one database file, used by one exporter, safe across threads."""
+    """The imports table of one database file, used by one exporter, safe across threads.
 
-    def __init__(self, conn: sqlite3.Connection, path: str | None, held: _Held | None) -> None:
+    A damaged row (a hand edit, a bad restore: see records.record_of_row) is skipped at
+    :meth:`load`, named in a warning and counted, not refused with the whole store: the
+    exporter keeps serving the others. The row is then left as it is in the file (never
+    shown, written, retired, purged or deleted) until it is repaired and the exporter
+    restarted; nothing of it is lost.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: str | None, held: files.Held | None) -> None:
         self.path = path
         self._name = ":memory:" if path is None else path
         self._conn: sqlite3.Connection | None = conn
         self._held = held
         self._lock = threading.Lock()
+        self._id_rule: IdRule = ANY_ID
+        self._skipped: frozenset[object] = frozenset()  # ids as SQLite holds them
 
     @classmethod
     def open(cls, path: str | Path | None, migrations: Sequence[Migration] = MIGRATIONS) -> Store:
@@ -96,8 +103,8 @@ class Store:
         try:
             where = name if path is None else str(Path(name).resolve())  # where SQLite puts -wal
             if path is not None:
-                _make_folder(Path(where).parent, name)
-                held = _open_locked(where, name)
+                files.make_private_folder(Path(where).parent)
+                held = files.hold_file(where)
                 _inspect(where, name, held[0], len(migrations))
             with _failing(name, "cannot open for writing"):
                 conn = sqlite3.connect(where, check_same_thread=False, isolation_level=None)
@@ -106,7 +113,9 @@ class Store:
         except BaseException as exc:
             if conn is not None:
                 conn.close()
-            _release(held)  # after the connection is closed: see _HELD
+            files.let_go(held)  # after the connection is closed: see files.hold_file
+            if isinstance(exc, files.UnreadableFile):
+                raise StoreError(name, str(exc)) from exc
             if isinstance(exc, OSError | RuntimeError):  # RuntimeError: a symlink loop
                 raise StoreError(name, f"cannot open ({_why(exc)})") from exc
             raise
@@ -119,40 +128,75 @@ class Store:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):  # nothing is left to lose
                     conn.close()
-                _release(self._held)
+                files.let_go(self._held)
 
-    def load(self) -> list[ImportRecord]:
-        """Every record, retired ones included, by id."""
+    def load(self, id_rule: IdRule | None = None) -> list[ImportRecord]:
+        """Every sound record, retired ones included, by id; damaged rows are skipped
+        (see the class). ``id_rule``: the ids of the API in use (model.id_rule)."""
+        damaged: list[tuple[object, FieldError]] = []
+        records: list[ImportRecord] = []
         with self._reading() as conn:
-            sql = f"SELECT {_COLUMNS} FROM imports ORDER BY id"  # noqa: S608
-            return [_record(row) for row in conn.execute(sql)]
+            self._id_rule = id_rule or ANY_ID
+            for row in conn.execute(f"SELECT {_COLUMNS} FROM imports ORDER BY id"):  # noqa: S608
+                try:
+                    records.append(self._record(row))
+                except FieldError as exc:
+                    damaged.append((row[0], exc))
+            self._skipped = frozenset(import_id for import_id, _why in damaged)
+            # A table of this connection only: pages leave the rows out in SQL, their
+            # count too, without a variable per id; nothing of it reaches the file.
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS skipped (id PRIMARY KEY)")
+            conn.execute("DELETE FROM temp.skipped")
+            conn.executemany("INSERT INTO temp.skipped VALUES (?)", [(i,) for i in self._skipped])
+        for import_id, problem in damaged[:WARNED_ROWS]:
+            log.warning(
+                "%s: skipping the damaged row of %s; the row stays in the file untouched and "
+                "unused: repair or delete it (sqlite3 %s), then restart",
+                *(self._name, damage_text(import_id, problem), self._name),
+            )
+        if len(damaged) > WARNED_ROWS:
+            log.warning("%s: ... and %d more damaged rows", self._name, len(damaged) - WARNED_ROWS)
+        return records
+
+    @property
+    def skipped(self) -> frozenset[object]:
+        """The ids of the damaged rows :meth:`load` skipped, as SQLite holds them."""
+        return self._skipped
 
     def get(self, import_id: str) -> ImportRecord | None:
+        if import_id in self._skipped:
+            return None
         with self._reading() as conn:
             sql = f"SELECT {_COLUMNS} FROM imports WHERE id = ?"  # noqa: S608
             row = conn.execute(sql, (import_id,)).fetchone()
-            return None if row is None else _record(row)
+            return None if row is None else self._record(row)
 
     def register(self, records: Sequence[ImportRecord]) -> list[bool]:
         """Insert each record whose id is new, in one committed transaction; True where new.
         A known id keeps its row as it is: the first registration wins."""
+        damaged = [record.id for record in records if record.id in self._skipped]
+        if damaged:
+            raise StoreError(self._name, f"import {damaged[0]} has a damaged row (see the log)")
         with self._writing() as conn:
             sql = f"{_INSERT} ON CONFLICT (id) DO NOTHING"
             return [conn.execute(sql, _row(record)).rowcount == 1 for record in records]
 
     def save(self, records: Sequence[ImportRecord]) -> None:
         """Insert or replace whole records, in one committed transaction."""
+        rows = [_row(record) for record in records if record.id not in self._skipped]
         with self._writing() as conn:
             sql = f"{_INSERT} ON CONFLICT (id) DO UPDATE SET {_UPSERT}"
-            conn.executemany(sql, [_row(record) for record in records])
+            conn.executemany(sql, rows)
 
     def retire(self, ids_at: Mapping[str, float]) -> None:
         """Mark each id retired at its time, in one committed transaction."""
-        pairs = [(at, import_id) for import_id, at in ids_at.items()]
+        pairs = [(at, i) for i, at in ids_at.items() if i not in self._skipped]
         with self._writing() as conn:
             conn.executemany("UPDATE imports SET retired_at = ? WHERE id = ?", pairs)
 
     def delete(self, import_id: str) -> bool:  # False if it was not there
+        if import_id in self._skipped:
+            return False
         with self._writing() as conn:
             return conn.execute("DELETE FROM imports WHERE id = ?", (import_id,)).rowcount > 0
 
@@ -161,7 +205,8 @@ class Store:
         with self._writing() as conn:
             # Chosen here, not with NOT IN (?, ...): ``keep`` may be longer than SQLite allows.
             old = conn.execute("SELECT id FROM imports WHERE retired_at < ?", (retired_before,))
-            doomed = [row for row in old.fetchall() if row[0] not in keep]
+            spared = {*keep, *self._skipped}
+            doomed = [row for row in old.fetchall() if row[0] not in spared]
             conn.executemany("DELETE FROM imports WHERE id = ?", doomed)
         return len(doomed)
 
@@ -184,11 +229,16 @@ class Store:
             raise ValueError(f"limit and offset must not be negative: {limit}, {offset}")
         values = {"status": status, "type": type, "source": source, "since": since}
         where, params = _where(values, finished=finished, retired=retired)
+        if self._skipped:
+            where += f"{' AND' if where else ' WHERE'} id NOT IN temp.skipped"
         page = f"SELECT {_COLUMNS} FROM imports{where} ORDER BY {_WHEN} DESC, id LIMIT ? OFFSET ?"  # noqa: S608
         with self._reading() as conn:
             total = conn.execute(f"SELECT count(*) FROM imports{where}", params).fetchone()  # noqa: S608
             page_rows = conn.execute(page, [*params, limit, offset]).fetchall()
-            return [_record(row) for row in page_rows], int(total[0])
+            return [self._record(row) for row in page_rows], int(total[0])
+
+    def _record(self, row: tuple[Any, ...]) -> ImportRecord:
+        return record_of_row(dict(zip(_FIELDS, row, strict=True)), self._id_rule)
 
     def _live(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -230,14 +280,6 @@ def _row(record: ImportRecord) -> tuple[Any, ...]:
     return tuple(labels if name == "labels" else getattr(record, name) for name in _FIELDS)
 
 
-def _record(row: tuple[Any, ...]) -> ImportRecord:
-    values = dict(zip(_FIELDS, row, strict=True))
-    values["labels"] = tuple(sorted(json.loads(values["labels"]).items()))
-    for name in ("source", "type", "status"):  # few values in many rows: one string each
-        values[name] = values[name] and sys.intern(values[name])
-    return ImportRecord(**values)
-
-
 @contextlib.contextmanager
 def _failing(name: str, doing: str) -> Iterator[None]:
     """sqlite3 errors as StoreError (disk full, I/O error, corrupt: the caller answers 503)."""
@@ -245,48 +287,6 @@ def _failing(name: str, doing: str) -> Iterator[None]:
         yield
     except (sqlite3.Error, ValueError) as exc:  # ValueError: a hand-edited row
         raise StoreError(name, f"{doing} ({_why(exc)})") from exc
-
-
-def _make_folder(folder: Path, name: str) -> None:
-    if folder.exists() or folder == folder.parent:
-        return
-    _make_folder(folder.parent, name)
-    try:
-        folder.mkdir(mode=0o700)  # level by level: makedirs makes parents 0777 & ~umask
-    except OSError as exc:
-        raise StoreError(name, f"cannot create the folder {folder} ({_why(exc)})") from exc
-
-
-def _open_locked(where: str, name: str) -> _Held:
-    """A descriptor of the database file (made 0600 if missing), locked by this store."""
-    with contextlib.suppress(FileNotFoundError):
-        _check_file(Path(where).stat(), name)  # before a descriptor exists: see _HELD
-    fd = os.open(where, _OPEN_FLAGS, 0o600)
-    found = os.fstat(fd)
-    try:
-        _check_file(found, name)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BaseException as exc:
-        os.close(fd)
-        if isinstance(exc, BlockingIOError):
-            raise StoreError(name, "locked by another process (another exporter?)") from exc
-        raise
-    _HELD.add((found.st_dev, found.st_ino))
-    return fd, (found.st_dev, found.st_ino)
-
-
-def _check_file(found: os.stat_result, name: str) -> None:
-    if not stat.S_ISREG(found.st_mode):
-        kind = _KINDS.get(stat.filemode(found.st_mode)[0], "an unusual kind of file")
-        raise StoreError(name, f"it is {kind}, not a regular file")
-    if (found.st_dev, found.st_ino) in _HELD:
-        raise StoreError(name, "already open in this process")
-
-
-def _release(held: _Held | None) -> None:
-    if held is not None:
-        os.close(held[0])
-        _HELD.discard(held[1])
 
 
 def _inspect(where: str, name: str, fd: int, newest: int) -> None:

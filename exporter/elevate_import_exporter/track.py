@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 
+from elevate_import_exporter.logs import Redactor
 from elevate_import_exporter.records import Registration
 
 log = logging.getLogger(__name__)
@@ -339,8 +340,10 @@ def _masked(client: Client, text: str) -> str:
     broken server may echo them into a log that others read."""
     credentials = client.credentials
     if credentials is not None:
+        # Escaped forms too (URL, HTML, JSON, nested, any case): each is the password to
+        # whoever reads the CI log.
         for secret in (credentials.token, credentials.password):
-            text = text.replace(secret, "********") if secret else text
+            text = Redactor(secret).redact(text, "********") if secret else text
     return one_line(text)
 
 

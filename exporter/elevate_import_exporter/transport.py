@@ -8,20 +8,25 @@ parser and reports every request it sent to an ``on_request`` callback: with the
 HTTP status of an answer that arrived whole, or ``timeout`` / ``connection_error``
 for one that did not, whether it broke off in its headers or in its body (a status
 line alone is not an answer).
+
+A peer that answers, but not in HTTP (SSH on the port, TLS asked in plain text, an
+HTTP/0.9 body), is an ``invalid_response``, not retried, with the code
+``connection_error``: the contract's code for a request without an HTTP status. Every
+failure's detail names the URL asked or ``host:port``, and the cause.
 """
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
+import http.client
 import os
-import random
-import re
+import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
-from datetime import UTC
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,7 +34,9 @@ from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, ProxyManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ReadTimeoutError
 
-from elevate_import_exporter.deadline import Guard, Reaper, WholeHead, current
+from elevate_import_exporter.deadline import MAX_RETRY_AFTER as MAX_RETRY_AFTER
+from elevate_import_exporter.deadline import Guard, Reaper, WholeHead, backoff, current
+from elevate_import_exporter.deadline import parse_retry_after as parse_retry_after
 from elevate_import_exporter.logs import secret_pattern
 from elevate_import_exporter.model import (
     ApiError,
@@ -45,13 +52,6 @@ T = TypeVar("T")
 
 MAX_BODY_BYTES = 1024 * 1024
 REDACTED = "<redacted>"
-# The longest Retry-After honoured; a longer one, or a date further ahead, counts as
-# this. An hour outlasts any rate limit worth waiting for, and one answer cannot make
-# the exporter leave an id alone for days.
-MAX_RETRY_AFTER = 3600.0
-
-_BACKOFF_BASE = 0.1
-_BACKOFF_CAP = 2.0
 
 
 class Transport:
@@ -70,12 +70,13 @@ class Transport:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._key = secret_pattern(api_key.reveal())
-        self._key_in_bytes = re.compile(self._key.pattern.encode(), re.IGNORECASE)
         self._timeout = timeout
         self._retries = retries
         self._on_request = on_request
         self._reaper = Reaper()
         self._session = _session_for(self.base_url)
+        self._where = _where(self.base_url)
+        self._plain = self.base_url.startswith("http://")
         adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
@@ -113,7 +114,7 @@ class Transport:
             except ApiError as error:
                 if not error.retryable or attempt >= self._retries:
                     raise
-                pause = error.retry_after if error.retry_after is not None else _backoff(attempt)
+                pause = error.retry_after if error.retry_after is not None else backoff(attempt)
                 # A retry that cannot finish before the deadline only adds load.
                 if time.monotonic() + pause >= deadline or stop.wait(pause):
                     raise
@@ -145,11 +146,11 @@ class Transport:
                 code = str(response.status_code)
                 raise self._failed("invalid_response", code, started, str(exc)) from None
             except Exception as exc:
-                reason, detail = _lost(exc, guard.expired)
-                raise self._failed(reason, reason, started, detail) from None
+                reason, code, detail = self._lost(exc, guard.expired)
+                raise self._failed(reason, code, started, detail) from None
         # Before anything reads the body, so that no message made from it (the parser's,
         # a snippet cut to length) can hold the key or a part of it.
-        body = self._key_in_bytes.sub(REDACTED.encode(), body)
+        body = self._key.sub(REDACTED.encode(), body)
         status, code = response.status_code, str(response.status_code)
         if 200 <= status < 300:
             try:
@@ -161,9 +162,11 @@ class Transport:
         retry_after = None
         if status in (429, 503):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        raise self._failed(
-            reason_for_status(status), code, started, f"HTTP {status}: {snippet(body)}", retry_after
-        )
+        reason = reason_for_status(status)
+        # The URL asked (it holds no key: that goes in a header), so that a wrong base URL
+        # or cluster shows in the line itself.
+        detail = f"HTTP {status} for {url}: {snippet(body)}"
+        raise self._failed(reason, code, started, detail, retry_after)
 
     def _failed(
         self, reason: str, code: str, started: float, detail: str, retry_after: float | None = None
@@ -171,6 +174,62 @@ class Transport:
         self._on_request(RequestRecord(code, time.perf_counter() - started, reason))
         detail = safe_text(self.redact(detail))
         return ApiError(reason, detail, code=code, retry_after=retry_after)
+
+    def _lost(self, error: Exception, expired: bool) -> tuple[str, str, str]:
+        """Why no whole HTTP answer arrived: reason, code and a detail naming the peer.
+
+        Once the guard has shut the connection down at the deadline, whatever the client
+        library makes of that (an end of file, a broken chunk, an SSL error) is a timeout.
+        """
+        where = self._where
+        if expired:
+            return "timeout", "timeout", f"no complete answer from {where} by the deadline"
+        if not isinstance(error, requests.RequestException | OSError | http.client.HTTPException):
+            raise error
+        causes = list(_causes(error))
+        # requests reports a read timeout inside the body as a ConnectionError.
+        if any(isinstance(c, requests.Timeout | ReadTimeoutError | TimeoutError) for c in causes):
+            return "timeout", "timeout", f"no answer from {where} in time"
+        for cause in causes:
+            if isinstance(cause, http.client.RemoteDisconnected | http.client.IncompleteRead):
+                break  # an answer that broke off, not one in another protocol
+            if isinstance(cause, http.client.HTTPException):
+                return "invalid_response", "connection_error", self._not_http(cause)
+        return "connection_error", "connection_error", self._cause(causes)
+
+    def _not_http(self, error: http.client.HTTPException) -> str:
+        # Redacted before it is cut: no part of a key that a server echoes survives the cut.
+        line = str(error.args[0]) if error.args else type(error).__name__
+        shown = repr(self.redact(line).strip()[:_SHOWN_LINE_CHARS])
+        # A TLS record starts with its type: 0x15 an alert, 0x16 a handshake.
+        tls = "; that is TLS: use an https:// base URL" if line[:1] in ("\x15", "\x16") else ""
+        return f"{self._where} answered, but not HTTP: {shown}{tls}"
+
+    def _cause(self, causes: list[BaseException]) -> str:
+        where = self._where
+        tls_hint = "; if it is a TLS port, use an https:// base URL" if self._plain else ""
+        for cause in causes:
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return (
+                    f"TLS with {where} failed: certificate not trusted ({cause.verify_message}); "
+                    "set REQUESTS_CA_BUNDLE to the CA bundle that vouches for it"
+                )
+            if isinstance(cause, ssl.SSLError):
+                why = cause.reason or cause.strerror or type(cause).__name__
+                hint = "; if it is a plain HTTP port, use an http:// base URL"
+                return f"TLS with {where} failed: {why}{hint if why in _NOT_TLS else ''}"
+            if isinstance(cause, socket.gaierror):
+                return f"cannot resolve the host name of {where}: {cause.strerror or cause}"
+            if isinstance(cause, ConnectionRefusedError):
+                return f"{where} refused the connection: nothing listens there"
+            if isinstance(cause, ConnectionResetError):
+                return f"{where} reset the connection{tls_hint}"
+            if isinstance(cause, http.client.RemoteDisconnected):
+                return f"{where} closed the connection before a whole answer{tls_hint}"
+            if isinstance(cause, http.client.IncompleteRead):
+                return f"{where} closed the connection inside the answer's body"
+        errno_text = next((c.strerror for c in causes if isinstance(c, OSError) and c.strerror), "")
+        return f"connection to {where} failed: {errno_text or type(causes[0]).__name__}"
 
 
 def _session_for(url: str) -> requests.Session:
@@ -205,47 +264,33 @@ def _read_body(response: requests.Response) -> bytes:
     return b"".join(chunks)
 
 
-def _lost(error: Exception, expired: bool) -> tuple[str, str]:
-    """Why an answer did not arrive whole (``timeout``, ``connection_error``), and a detail.
-
-    Once the guard has shut the connection down at the deadline, whatever the client
-    library makes of that (an end of file, a broken chunk, an SSL error) is a timeout.
-    """
-    if expired:
-        return "timeout", "no complete answer by the deadline"
-    if not isinstance(error, requests.RequestException):
-        raise error
-    # requests reports a read timeout inside the body as a ConnectionError.
-    if isinstance(error, requests.Timeout) or any(
-        isinstance(arg, ReadTimeoutError) for arg in error.args
-    ):
-        return "timeout", "no answer in time"
-    return "connection_error", f"connection lost: {type(error).__name__}"
+_SHOWN_LINE_CHARS = 60
+# OpenSSL's reasons when the peer's first bytes are no TLS record: most likely plain HTTP.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header, at most :data:`MAX_RETRY_AFTER`.
-
-    ASCII digits or an HTTP date; anything else (``³``, ``1e9``, ``-5``) is None, as if
-    there were no header.
-    """
-    value = (value or "").strip()
-    if value.isascii() and value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        if when.tzinfo is None:  # "-0000": an HTTP date is in GMT all the same
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - time.time()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+def _where(url: str) -> str:
+    """``host:port`` of ``url``, the port written out even when it is the scheme's own."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{f'[{host}]' if ':' in host else host}:{parts.port or _PORTS.get(parts.scheme, 80)}"
 
 
-def _backoff(attempt: int) -> float:
-    # Half fixed, half random: spreads retries of a burst without ever retrying at once.
-    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0**attempt)
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+_PORTS = {"http": 80, "https": 443}
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception behind it: requests and urllib3 wrap the one that
+    says what happened in arguments, causes and ``reason`` attributes."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        cause = pending.pop(0)
+        if id(cause) not in seen:
+            seen.add(id(cause))
+            yield cause
+            behind = [*cause.args, cause.__cause__, cause.__context__, getattr(cause, "reason", 0)]
+            pending += [e for e in behind if isinstance(e, BaseException)]
 
 
 class _Connection(HTTPConnection):

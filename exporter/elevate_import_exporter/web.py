@@ -25,7 +25,7 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 from prometheus_client import CollectorRegistry
 
 from elevate_import_exporter import __version__, framing, restapi
-from elevate_import_exporter.auth import CHALLENGE, BasicAuth
+from elevate_import_exporter.auth import CHALLENGE, RETRY_AFTER, BasicAuth, Verdict
 from elevate_import_exporter.config import Settings
 from elevate_import_exporter.connections import Connections
 from elevate_import_exporter.exposition import Exposition, Renderer
@@ -65,13 +65,16 @@ DEFAULT_BUDGET = 10.0
 
 _TEXT = "text/plain; charset=utf-8"
 _PAGE = re.compile(r"[1-9][0-9]{0,5}")  # /?page=N of the history; anything else is page 1
+_VERSION = re.compile(rb"HTTP/([0-9])\.[0-9]")
+_BUSY = "too many authentication checks at once; try again shortly"
 _NO_WEB_CONFIG = WebConfig()
 
 
 class Site(Protocol):
     """What the HTTP side serves: the application, seen from here."""
 
-    registry: CollectorRegistry
+    registry: CollectorRegistry  # what the poll rounds' state makes: shared by a round's scrapes
+    fresh_registry: CollectorRegistry | None  # cheap, moving figures: rendered every scrape
 
     @property
     def telemetry_path(self) -> str: ...
@@ -120,7 +123,7 @@ class HttpServer:
         self._web: tuple[WebConfig, BasicAuth | None] = (_NO_WEB_CONFIG, None)
         self._web_source: Callable[[], WebConfig] = lambda: _NO_WEB_CONFIG
         self.reload_web_config(web_config)
-        self.renderer = Renderer(site.registry)
+        self.renderer = Renderer(site.registry, site.fresh_registry)
         # A scrape may wait a whole poll round; half the threads stay free for the rest.
         self.scrape_slots = threading.BoundedSemaphore(max(1, max_threads // 2))
         self._connections = Connections(
@@ -190,12 +193,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = f"elevate-import-exporter/{__version__}"
+    raw_requestline: bytes  # set by handle_one_request before parse_request
 
     def __init__(self, http: HttpServer, peer: str, head: bytes, received: float) -> None:
         # Not BaseRequestHandler.__init__: that wants a socketserver and does the I/O.
         self.http = http
         self.received = received
         self.client_address = (peer, 0)
+        end = framing.HEAD_END.search(head)
+        self.raw_head = head[: end.end()] if end else head  # what the loop framed the request by
         self.rfile = io.BytesIO(head)
         self.body = b""
         self.refused = False  # its framing: the connection closes after the answer
@@ -209,30 +215,87 @@ class _Handler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         # Here rather than in do_GET, so that every method of every path is covered.
-        if not super().parse_request():
+        if not self._request_line_ok() or not super().parse_request():
             return False
         url = urlsplit(self.path)
-        frame = framing.framing(self.headers)
+        api = url.path.startswith(restapi.PREFIX)
+        # The loop framed the request by the same function, from the same bytes.
+        frame = framing.of_head(self.raw_head)
         if frame.refusal is not None:
             self.refused = True  # its body cannot be told from the next request
-            if url.path.startswith(restapi.PREFIX):
+        if frame.unreadable:
+            # No header of it can be trusted, Authorization among them: refused before the
+            # auth check, and counted nowhere, since what it asks for cannot be known.
+            self._refuse(api, frame.refusal or HTTPStatus.BAD_REQUEST, frame.reason)
+            return False
+        # Auth first: an unauthenticated client learns nothing more and moves no counter.
+        if not self._authorized(url.path, api):
+            return False
+        if frame.refusal is not None:
+            if api:
                 self._api(url, frame)
             else:
                 self._send(frame.refusal, f"{frame.reason}.\n".encode(), _TEXT)
             return False
         self.body = self.rfile.read(frame.length)
-        auth, credentials = self.auth, self.headers.get("Authorization")
-        if auth and url.path not in self.http.auth_exempt_paths and not auth.check(credentials):
-            api = url.path.startswith(restapi.PREFIX)
-            body, kind = (
-                (restapi.UNAUTHORIZED, restapi.JSON_TYPE) if api else (b"Unauthorized.\n", _TEXT)
-            )
-            self._send(HTTPStatus.UNAUTHORIZED, body, kind, challenge=True)
-            return False
         if self.command not in ("GET", "HEAD"):  # every other method: 405 or 404, never 501
             self.do_GET()
             return False
         return True
+
+    def _request_line_ok(self) -> bool:
+        """False, answered, for a request line that is not ``METHOD target HTTP/1.x``.
+
+        The stdlib answers some of these as if to an HTTP/0.9 client: a bare HTML body
+        without a status line, which no client of today can read.
+        """
+        words = self.raw_requestline.split()
+        version = _VERSION.fullmatch(words[-1]) if len(words) == 3 else None
+        if version is not None and version.group(1) == b"1":
+            return True
+        self.requestline = self.raw_requestline.decode("latin-1").rstrip("\r\n")
+        self.command, self.request_version = "", self.protocol_version
+        self.refused = True
+        if version is not None:
+            self._send(
+                HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                f"{words[-1].decode('latin-1')} is not supported; use HTTP/1.1.\n".encode(),
+                _TEXT,
+            )
+        else:
+            self._send(
+                HTTPStatus.BAD_REQUEST,
+                b"The request line is not 'METHOD target HTTP/1.1'.\n",
+                _TEXT,
+            )
+        return False
+
+    def _authorized(self, path: str, api: bool) -> bool:
+        """True if the request may go on; else answered (401, or 429 when too busy)."""
+        if self.auth is None or path in self.http.auth_exempt_paths:
+            return True
+        verdict = self.auth.verify(self.headers.get("Authorization"))
+        if verdict is Verdict.GRANTED:
+            return True
+        if verdict is Verdict.BUSY:
+            # Shed before it takes a bcrypt turn: the handler thread is free at once.
+            self._refuse(api, HTTPStatus.TOO_MANY_REQUESTS, _BUSY, retry_after=RETRY_AFTER)
+            return False
+        body, kind = (
+            (restapi.UNAUTHORIZED, restapi.JSON_TYPE) if api else (b"Unauthorized.\n", _TEXT)
+        )
+        self._send(HTTPStatus.UNAUTHORIZED, body, kind, challenge=True)
+        return False
+
+    def _refuse(
+        self, api: bool, status: HTTPStatus, reason: str, *, retry_after: int | None = None
+    ) -> None:
+        """An error answer that reaches nothing behind it: JSON under the API, else text."""
+        if api:
+            body, kind = restapi.error(status, reason).body, restapi.JSON_TYPE
+        else:
+            body, kind = f"{reason[:1].upper()}{reason[1:]}.\n".encode(), _TEXT
+        self._send(status, body, kind, retry_after=retry_after)
 
     def handle_expect_100(self) -> bool:
         return True  # the loop sent "100 Continue" if the client waited: the body is here
@@ -327,10 +390,13 @@ class _Handler(BaseHTTPRequestHandler):
         *,
         challenge: bool = False,
         allow: str | None = None,
+        retry_after: int | None = None,
     ) -> None:
         self.send_response(status)
         if challenge:
             self.send_header("WWW-Authenticate", CHALLENGE)
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
         if allow:
             self.send_header("Allow", allow)
         if status != HTTPStatus.NO_CONTENT:  # which has neither

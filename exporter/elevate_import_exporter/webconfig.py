@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from elevate_import_exporter.files import (
+    Signature,
     UnreadableFile,
     path_signature,
     read_regular_file,
@@ -73,6 +74,9 @@ _HTTP_KEYS = ("http2", "headers")
 _RATE_KEYS = ("interval", "burst")
 # Seconds between looks at the file's signature (size, time, inode) for a change.
 CHECK_INTERVAL = 1.0
+# Seconds a change that would open the server (no users left, TLS or client certificates
+# gone) must stay in the file before it is applied: longer than any rewrite takes.
+HOLD_SECONDS = 2.0
 _Keys = tuple[str, ...] | None  # the keys a mapping may have; None: any
 
 
@@ -317,16 +321,38 @@ class WebConfigWatcher:
     """The current web config of ``path``: re-read when the file changes (looked at no more
     than every ``check_interval`` seconds) or on :meth:`reload`; a file that turns bad keeps
     the last good config and logs one warning. Raises :class:`WebConfigError` if the file is
-    bad to begin with."""
+    bad to begin with.
 
-    def __init__(self, path: Path, *, check_interval: float = CHECK_INTERVAL) -> None:
+    A file rewritten in place is empty or half-written for a moment, and such a file can
+    be a valid config without users. So a change that would remove every user or TLS, or
+    weaken client certificates, is held (with a warning) until the file has stayed the same
+    for ``hold_seconds`` and is then applied with a warning; until then the last config
+    stays in force. Whether TLS is served is decided at start (as in the toolkit): a file
+    that adds or removes ``tls_server_config`` gets a warning that this needs a restart,
+    and :attr:`unapplied` says so.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        check_interval: float = CHECK_INTERVAL,
+        hold_seconds: float = HOLD_SECONDS,
+    ) -> None:
         self.path = path
         self._check_interval = check_interval
+        self._hold_seconds = hold_seconds
         self._lock = threading.Lock()
         self._signature = path_signature(path)
         self._config = load_web_config(path)
+        self._serves_tls = self._config.tls is not None
         self._checked = time.monotonic()
         self._bad = False
+        # A weakening seen, the file's signature then, and since when (monotonic) the file
+        # has looked so.
+        self._held: tuple[WebConfig, Signature | None, float] | None = None
+        # Why the file as last read is not wholly in force; None when it is.
+        self.unapplied: str | None = None
 
     def current(self) -> WebConfig:
         with self._lock:
@@ -335,25 +361,87 @@ class WebConfigWatcher:
             return self._config
 
     def reload(self) -> WebConfig:
-        """Read the file now, changed or not (SIGHUP)."""
+        """Read the file now, changed or not (SIGHUP); :attr:`unapplied` tells whether what
+        it holds is in force (a warning has said why not, once per change)."""
         with self._lock:
             self._refresh(force=True)
             return self._config
 
     def _refresh(self, *, force: bool) -> None:
-        self._checked = time.monotonic()
+        now = self._checked = time.monotonic()
         signature = path_signature(self.path)
-        if signature == self._signature and not force:
+        if signature == self._signature and not force and self._held is None:
             return
         self._signature = signature
         try:
             config = load_web_config(self.path)
         except WebConfigError as exc:
+            self.unapplied = f"{exc}; keeping the last good web config"
             if not self._bad:
-                log.warning("%s; keeping the last good web config", exc)
-            self._bad = True
+                log.warning("%s", self.unapplied)
+            self._bad, self._held = True, None
             return
         if self._bad:
             log.info("web config %s is good again", self.path)
         self._bad = False
-        self._config = config
+        self._consider(config, signature, now)
+
+    def _consider(self, config: WebConfig, signature: Signature | None, now: float) -> None:
+        weakened = weakenings(self._config, config)
+        if not weakened:
+            self._held = None
+        elif self._held is None or self._held[0] != config:
+            self._held = (config, signature, now)
+            self.unapplied = (
+                f"web config {self.path} {weakened}; held until the file stays the same for "
+                f"{self._hold_seconds:g} s (a file being rewritten looks like this for a moment)"
+            )
+            log.warning("%s", self.unapplied)
+            return
+        elif self._held[1] != signature:  # written again meanwhile: not settled
+            self._held = (config, signature, now)
+            return
+        elif now - self._held[2] < self._hold_seconds:
+            return
+        else:
+            self._held = None
+            log.warning("web config %s %s: applied, the file has stayed so", self.path, weakened)
+        self.unapplied = self._tls_unapplied(config)
+        if config != self._config:  # a rewrite of the same text keeps what was remembered
+            self._config = config
+
+    def _tls_unapplied(self, config: WebConfig) -> str | None:
+        if (config.tls is not None) == self._serves_tls:
+            return None
+        if self._serves_tls:
+            what = "removes tls_server_config, but TLS stays on until the exporter restarts"
+        else:
+            what = "adds tls_server_config, but the exporter serves plain HTTP until it restarts"
+        message = f"web config {self.path} {what}; the rest of the file is applied"
+        if message != self.unapplied:  # once per change, not at every look
+            log.warning("%s", message)
+        return message
+
+
+# Client certificate checks from none to the strictest (RequireAnyClientCert is refused
+# where TLS is set up, so its rank does not matter).
+_CLIENT_AUTH_RANK = {
+    "NoClientCert": 0, "RequestClientCert": 0, "RequireAnyClientCert": 1,
+    "VerifyClientCertIfGiven": 1, "RequireAndVerifyClientCert": 2,
+}  # fmt: skip
+
+
+def weakenings(old: WebConfig, new: WebConfig) -> str:
+    """What ``new`` opens that ``old`` kept closed, in words; empty if nothing."""
+    found = []
+    if old.basic_auth_users and not new.basic_auth_users:
+        found.append("has no basic_auth_users any more (basic auth off)")
+    if old.tls is not None and new.tls is None:
+        found.append("has no tls_server_config any more")
+    elif old.tls is not None and new.tls is not None:
+        before, after = old.tls.client_auth_type, new.tls.client_auth_type
+        if _CLIENT_AUTH_RANK[after] < _CLIENT_AUTH_RANK[before]:
+            found.append(f"lowers client_auth_type from {before} to {after}")
+        if old.tls.client_allowed_sans and not new.tls.client_allowed_sans:
+            found.append("has no client_allowed_sans any more")
+    return " and ".join(found)

@@ -110,6 +110,13 @@ def warn_if_key_goes_in_clear(base_url: str) -> None:
         log.warning("the API key goes to %s unencrypted: use an https:// base URL", host)
 
 
+def warn_about(settings: Settings) -> None:
+    """What the settings allow but a user should hear of, once logging is set up."""
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    warn_if_key_goes_in_clear(settings.base_url)
+
+
 @contextmanager
 def running_simulator(
     imports: list[ScriptedImport], key: str, address: str, **options: Any

@@ -20,12 +20,13 @@ from elevate_import_exporter.cli.common import (
     running_simulator,
     serve_until_stopped,
     settings_from,
-    warn_if_key_goes_in_clear,
+    warn_about,
 )
 from elevate_import_exporter.config import Settings
 from elevate_import_exporter.idsfile import IdsFileError
 from elevate_import_exporter.listeners import ListenError
 from elevate_import_exporter.options import LOG_OPTIONS, RUN_OPTIONS
+from elevate_import_exporter.restapi import IMPORTS
 from elevate_import_exporter.simulator import (
     DEMO_UNKNOWN_ID,
     STATUS_PATH,
@@ -50,12 +51,16 @@ def run(**options: Any) -> None:
     settings = settings_from(api_key=os.environ.get("ELEVATE_API_KEY"), **options)
     logs.configure(settings.log_level, settings.log_format, [settings.api_key.reveal()])
     app = _start(settings)
-    warn_if_key_goes_in_clear(settings.base_url)
+    warn_about(settings)
     log.info(
-        "serving metrics at %s for %d import ids (Elevate at %s)",
+        "serving metrics at %s for %d import ids (Elevate at %s); %s; %s",
         ", ".join(url + settings.telemetry_path for url in app.urls),
         len(app.ids.current()),
         settings.base_url,
+        f"import proxy at {', '.join(app.proxy_urls)}" if app.proxy_urls else "import proxy off",
+        f"registration on at {app.url}{IMPORTS}"
+        if app.registration_enabled
+        else "registration off",
     )
     serve_until_stopped(app.serve_forever, app.stop, reload=app.reload, drain=app.drain)
 
@@ -154,5 +159,12 @@ def _url(address: str) -> str:
 def _start(settings: Settings) -> Application:
     try:
         return Application(settings)
-    except (IdsFileError, ListenError, StoreError, WebConfigError) as exc:
+    except StoreError as exc:
+        option = run_option("storage_path")
+        raise SetupError(
+            f"{exc}; set {option.flag} ({option.env}) to a database file that only this "
+            f'exporter uses, in a folder it may write, or {option.flag} "" to keep imports in '
+            "memory only"
+        ) from None
+    except (IdsFileError, ListenError, WebConfigError) as exc:
         raise SetupError(str(exc)) from None

@@ -18,9 +18,10 @@ from elevate_import_exporter.cli.common import (
     flags,
     run_option,
     settings_from,
-    warn_if_key_goes_in_clear,
+    warn_about,
 )
 from elevate_import_exporter.config import Settings, parse_duration
+from elevate_import_exporter.model import WHOLE_KEY_HINTS
 from elevate_import_exporter.options import LOG_OPTIONS
 from elevate_import_exporter.status import (
     MAX_INTERVAL,
@@ -49,7 +50,6 @@ STATUS_OPTIONS = tuple(
     )
 )
 INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
-
 EPILOG = """\b
 Exit status:
   0  every import SUCCESS
@@ -104,7 +104,7 @@ def status_command(
     timeout = _duration(wait_for, "--timeout", MIN_TIMEOUT, MAX_TIMEOUT)
     every = _duration(interval, "--interval", MIN_INTERVAL, MAX_INTERVAL)
     logs.configure(settings.log_level, settings.log_format, [settings.api_key.reveal()])
-    warn_if_key_goes_in_clear(settings.base_url)
+    warn_about(settings)
     view = make_view(
         sys.stdout, output=output.lower(), wait=wait, timeout=timeout, ids=len(settings.import_ids)
     )
@@ -131,6 +131,10 @@ def _check(settings: Settings, view: View, **how: Any) -> Outcome:
     view.end(last)
     if last is None or last.outcome is None:
         raise RuntimeError("the status check ended without an outcome")
+    # After the view, on stderr: a pipeline's log shows what to fix next to the exit status.
+    reasons = {state.error.reason for state in last.states if state.error is not None}
+    for reason in sorted(reasons & WHOLE_KEY_HINTS.keys()):
+        click.echo(f"hint: {WHOLE_KEY_HINTS[reason]}", err=True)
     return last.outcome
 
 

@@ -11,14 +11,14 @@ import os
 import re
 import ssl
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import click
 
 from elevate_import_exporter import __version__
 from elevate_import_exporter.cli.common import SetupError
-from elevate_import_exporter.config import parse_duration
+from elevate_import_exporter.config import ConfigError, parse_duration
 from elevate_import_exporter.files import UnreadableFile, read_regular_file, read_text_file
+from elevate_import_exporter.options import parse_http_url, shown_url
 from elevate_import_exporter.track import (
     CREDENTIAL_HINT,
     EXIT_UNREACHABLE,
@@ -191,22 +191,16 @@ def track_command(
 
 
 def _endpoint(url: str) -> Endpoint:
-    parts = urlsplit(url.strip())
-    if "@" in parts.netloc:
+    if re.search(r"//[^/?#]*@", url):
         # Not echoed: it holds a password, and a password on a command line shows in `ps`.
         raise usage(f"--exporter must not hold credentials (user:password@): use {CREDENTIAL_HINT}")
-    scheme, host = parts.scheme.lower(), parts.hostname or ""
     try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if scheme not in ("http", "https") or not host or not host.isascii() or port == -1:
-        raise usage(f"--exporter must be an http:// or https:// URL, got {url[:100]!r}")
-    if parts.query or parts.fragment or not _URL_PATH.fullmatch(parts.path):
-        raise usage(f"--exporter must be a base URL without query or fragment, got {url[:100]!r}")
-    base = parts.path.rstrip("/")
-    port = port or (443 if scheme == "https" else 80)
-    return Endpoint(scheme, host, port, base + PATH, f"{scheme}://{parts.netloc}{base}")
+        parsed = parse_http_url(url.strip(), "--exporter")
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    if not _URL_PATH.fullmatch(parsed.path):
+        raise usage(f"--exporter must be a base URL, got {shown_url(url)!r}")
+    return Endpoint(parsed.scheme, parsed.host, parsed.port, parsed.path + PATH, parsed.base)
 
 
 def _label(text: str) -> tuple[str, str]:
