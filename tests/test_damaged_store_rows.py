@@ -17,7 +17,7 @@ import pytest
 
 from elevate_import_exporter.catalog import Catalog
 from elevate_import_exporter.model import id_rule
-from elevate_import_exporter.records import ImportRecord, Registration
+from elevate_import_exporter.records import ImportRecord, Query, Registration
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from elevate_import_exporter.store import Store
 from tests.conftest import SIM_KEY, ExporterProcess, ExporterProcessFor
@@ -298,7 +298,7 @@ def test_with_the_admin_api_a_stored_row_whose_id_is_not_numeric_is_skipped(
             id_rule=id_rule("admin-v4"),
         )
         assert catalog.skipped_rows == 1
-        records, total = catalog.query(limit=100)
+        records, total = catalog.query(Query(limit=100))
         assert {record.id for record in records} == {LIVE, HISTORY}
         assert total == 2
         assert catalog.get("not-numeric_ID") is None

@@ -20,7 +20,7 @@ from elevate_import_exporter.app import Application
 from elevate_import_exporter.catalog import PURGE_EVERY
 from elevate_import_exporter.config import load_settings
 from elevate_import_exporter.poller import PROBE_ID
-from elevate_import_exporter.records import Registration
+from elevate_import_exporter.records import Query, Registration
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import REPO, SIM_KEY, ExporterProcessFor, exporter_env
 from tests.support import free_port, ids_in_every_series, scrape, scrape_text, wait_until
@@ -141,7 +141,7 @@ def test_a_retired_registration_is_deleted_from_the_history_after_the_history_pe
         clock.advance(HOUR + PURGE_EVERY)
         scrape(app.url)
         assert app.catalog.get("4201") is None
-        assert app.catalog.query(retired=True)[1] == 0
+        assert app.catalog.query(Query(retired=True))[1] == 0
 
 
 def test_a_restart_keeps_first_seen_and_status_and_never_asks_a_final_import_again(

@@ -15,7 +15,7 @@ from typing import Any
 import bcrypt
 import pytest
 
-from elevate_import_exporter.records import ImportRecord, Registration
+from elevate_import_exporter.records import ImportRecord, Query, Registration
 from elevate_import_exporter.restapi import DISABLED, Request, RestApi
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import SIM_KEY, ExporterFor
@@ -640,7 +640,7 @@ class BrokenCatalog:
     def get(self, import_id: str) -> ImportRecord | None:
         raise KeyError("bug: get")
 
-    def query(self, **filters: Any) -> tuple[list[ImportRecord], int]:
+    def query(self, query: Query) -> tuple[list[ImportRecord], int]:
         raise TypeError("bug: query")
 
     def delete(self, import_id: str) -> str:

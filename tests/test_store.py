@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from elevate_import_exporter.model import DOCUMENTED_STATUSES, FINAL_STATUSES
-from elevate_import_exporter.records import SOURCES, ImportRecord
+from elevate_import_exporter.records import SOURCES, ImportRecord, Query
 from elevate_import_exporter.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 from tests.support import finishes, need_tool
 
@@ -282,7 +282,7 @@ def test_a_query_gives_the_matching_records_newest_first_and_their_total(
     records = history(400)
     store.save(records)
     want = expected(records, **filters)
-    page, total = store.query(**filters, limit=1000)
+    page, total = store.query(Query(**filters, limit=1000))
     assert (page, total) == (want, len(want))
     for limit, offset in (
         (10, 0),
@@ -291,7 +291,7 @@ def test_a_query_gives_the_matching_records_newest_first_and_their_total(
         (5, len(want) + 10),
         (0, 0),
     ):
-        assert store.query(**filters, limit=limit, offset=offset) == (
+        assert store.query(Query(**filters, limit=limit, offset=offset)) == (
             want[offset : offset + limit],
             len(want),
         )
@@ -306,17 +306,17 @@ def test_a_query_answers_the_first_hundred_by_default(store: Store) -> None:
 
 def test_a_query_refuses_a_negative_page(store: Store) -> None:
     with pytest.raises(ValueError, match="negative"):
-        store.query(limit=-1)
+        store.query(Query(limit=-1))
     with pytest.raises(ValueError, match="negative"):
-        store.query(offset=-1)
+        store.query(Query(offset=-1))
 
 
 def test_a_filter_value_is_data_not_sql(store: Store) -> None:
     store.register([record(1, type="PRODUCTS")])
     for nasty in ("' OR 1=1 --", "PRODUCTS' --", "%", "*"):
-        assert store.query(type=nasty) == ([], 0)
+        assert store.query(Query(type=nasty)) == ([], 0)
         assert store.get(nasty) is None
-    assert store.query(type="PRODUCTS")[1] == 1
+    assert store.query(Query(type="PRODUCTS"))[1] == 1
 
 
 @pytest.mark.parametrize(
@@ -347,7 +347,7 @@ def test_the_in_memory_store_behaves_like_a_file(tmp_path: Path) -> None:
     assert memory.register([record(1), record(1)]) == [True, False]
     memory.save(history(50))
     memory.retire({"imp-1": 1.0})
-    assert memory.query(retired=True)[1] == len(expected(memory.load(), retired=True))
+    assert memory.query(Query(retired=True))[1] == len(expected(memory.load(), retired=True))
     memory.close()
     memory.close()
     assert list(tmp_path.iterdir()) == []
@@ -366,7 +366,7 @@ def test_every_method_is_safe_to_call_from_many_threads_at_once(store: Store) ->
                 mine = record(worker * 1000 + n)
                 assert store.register([mine]) == [True]
                 store.save([dataclasses.replace(mine, status="WAITING")])
-                store.query(status="WAITING", limit=5)
+                store.query(Query(status="WAITING", limit=5))
                 assert store.get(mine.id) is not None
                 if n % 10 == 0:
                     store.retire({mine.id: float(n)})
@@ -383,7 +383,7 @@ def test_every_method_is_safe_to_call_from_many_threads_at_once(store: Store) ->
     records = store.load()
     assert len(records) == 8 * 40
     assert all(r.status == "WAITING" for r in records)
-    assert store.query(retired=True)[1] == 8 * 4
+    assert store.query(Query(retired=True))[1] == 8 * 4
 
 
 def test_a_closed_store_answers_every_call_with_a_store_error(db: Path) -> None:

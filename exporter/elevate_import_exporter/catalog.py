@@ -20,7 +20,13 @@ from typing import Literal
 
 from elevate_import_exporter.model import FINAL_STATUSES
 from elevate_import_exporter.poller import ImportState, Poller
-from elevate_import_exporter.records import REGISTERED_SOURCES, IdRule, ImportRecord, Registration
+from elevate_import_exporter.records import (
+    REGISTERED_SOURCES,
+    IdRule,
+    ImportRecord,
+    Query,
+    Registration,
+)
 from elevate_import_exporter.records import CatalogError as CatalogError
 from elevate_import_exporter.sources import MemoryIds, TrackedIds
 from elevate_import_exporter.state import holds
@@ -29,6 +35,8 @@ from elevate_import_exporter.state import state_of as _state
 from elevate_import_exporter.store import Store, StoreError
 
 log = logging.getLogger(__name__)
+
+_EVERYTHING = Query()
 
 DeleteOutcome = Literal["deleted", "unknown", "not_registered"]
 # elevate_import_registrations_total{result}: created/existing count ids, the others requests.
@@ -190,30 +198,10 @@ class Catalog:
         with self._lock, _reading():
             return self._store.get(import_id)
 
-    def query(
-        self,
-        *,
-        status: str | None = None,
-        type: str | None = None,
-        source: str | None = None,
-        since: float | None = None,
-        finished: bool | None = None,
-        retired: bool | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> tuple[list[ImportRecord], int]:
-        """A page of records, newest first, and how many match in all (see Store.query)."""
+    def query(self, query: Query = _EVERYTHING) -> tuple[list[ImportRecord], int]:
+        """A page of the records ``query`` asks for, and how many match in all."""
         with self._lock, _reading():
-            return self._store.query(
-                status=status,
-                type=type,
-                source=source,
-                since=since,
-                finished=finished,
-                retired=retired,
-                limit=limit,
-                offset=offset,
-            )
+            return self._store.query(query)
 
     def delete(self, import_id: str) -> DeleteOutcome:
         """Forget a registered id (source api or proxy) with its history.
@@ -340,7 +328,7 @@ class Catalog:
         if purged:
             log.info("purged %d retired imports older than the history period", purged)
             # Only to free memory: a purged id registered again is new anyway.
-            still, _total = self._store.query(retired=True, limit=len(self._retired))
+            still, _total = self._store.query(Query(retired=True, limit=len(self._retired)))
             self._retired = {record.id for record in still}
 
 

@@ -97,6 +97,18 @@ def safe_text(text: str, limit: int | None = None) -> str:
     return _UNSAFE.sub("\ufffd", text)
 
 
+def one_line(text: str, limit: int | None = None) -> str:
+    """``text`` fit for one line of a log, an error or a terminal: every character that is
+    not printable (controls, line and paragraph separators, bidi and other format
+    characters) as a space, runs of white space as one, cut to ``limit`` with "..." after."""
+    if limit is not None:
+        text = text[: limit * 2]  # a run of white space folds away: some to spare
+    joined = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if limit is None or len(joined) <= limit:
+        return joined
+    return joined[:limit] + "..."
+
+
 def snippet(body: bytes, limit: int = 120) -> str:
     """The start of a body from outside, on one line, for an error message."""
     text = body[: limit * 4].decode("utf-8", "replace")

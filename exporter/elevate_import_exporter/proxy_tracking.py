@@ -18,8 +18,8 @@ import zlib
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-from elevate_import_exporter.model import FINAL_STATUSES, is_valid_import_id, safe_text
-from elevate_import_exporter.records import FieldError, Labels, checked_text, one_line
+from elevate_import_exporter.model import FINAL_STATUSES, is_valid_import_id, one_line, safe_text
+from elevate_import_exporter.records import FieldError, Labels, checked_text
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from elevate_import_exporter.model import (
     ID_RULE,
     MAX_STATUS_CHARS,
     is_valid_import_id,
+    one_line,
     safe_text,
 )
 
@@ -64,6 +65,22 @@ class Registration:
     id: str
     type: str = ""
     labels: Labels = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Which kept imports a listing asks for, and which page of them: newest first (by
+    ``coalesce(final_at, first_seen)``, which ``since`` compares), ``finished`` meaning final
+    or retired (False: neither)."""
+
+    status: str | None = None
+    type: str | None = None
+    source: str | None = None
+    since: float | None = None
+    finished: bool | None = None
+    retired: bool | None = None
+    limit: int = 100
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +166,6 @@ def checked_text(value: Any, limit: int, field: str) -> str:
 def shown_text(text: str) -> str:
     """Text from outside, fit to name in a one-line error."""
     return one_line(safe_text(text, 64)) or '""'
-
-
-def one_line(text: str) -> str:
-    return " ".join(CONTROL.sub(" ", text).split())
 
 
 def record_of_row(values: dict[str, Any], id_rule: IdRule) -> ImportRecord:

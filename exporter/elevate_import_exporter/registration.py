@@ -12,12 +12,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from elevate_import_exporter.model import one_line
 from elevate_import_exporter.records import (
     FieldError,
     Registration,
     checked_labels,
     checked_text,
-    one_line,
     shown_text,
 )
 

@@ -21,8 +21,14 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
 from elevate_import_exporter.framing import Framing
-from elevate_import_exporter.model import id_rule
-from elevate_import_exporter.records import SOURCES, CatalogError, ImportRecord, Registration
+from elevate_import_exporter.model import id_rule, one_line
+from elevate_import_exporter.records import (
+    SOURCES,
+    CatalogError,
+    ImportRecord,
+    Query,
+    Registration,
+)
 from elevate_import_exporter.registration import RegistrationError, content_type_error, parse
 
 log = logging.getLogger(__name__)
@@ -62,18 +68,7 @@ class Catalog(Protocol):
 
     def get(self, import_id: str) -> ImportRecord | None: ...
 
-    def query(
-        self,
-        *,
-        status: str | None = None,
-        type: str | None = None,
-        source: str | None = None,
-        since: float | None = None,
-        finished: bool | None = None,
-        retired: bool | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> tuple[list[ImportRecord], int]: ...
+    def query(self, query: Query) -> tuple[list[ImportRecord], int]: ...
 
     def delete(self, import_id: str) -> str: ...
 
@@ -139,7 +134,7 @@ class RestApi:
             log.warning("api %s %s: %s", request.method, request.path, exc)
             if request.method == "POST":
                 self._catalog.count("failed")
-            return error(HTTPStatus.SERVICE_UNAVAILABLE, _one_line(str(exc)) or "unavailable")
+            return error(HTTPStatus.SERVICE_UNAVAILABLE, one_line(str(exc)) or "unavailable")
         except Exception:
             log.exception("api %s %s failed", request.method, request.path)
             return error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
@@ -208,15 +203,15 @@ class RestApi:
 
     def _list(self, query: str) -> Answer:
         try:
-            filters, limit, offset = _filters(query)
+            asked = _query(query)
         except RequestError as exc:
             return error(HTTPStatus.BAD_REQUEST, exc.message, exc.field)
-        records, total = self._catalog.query(**filters, limit=limit, offset=offset)
+        records, total = self._catalog.query(asked)
         document = {
             "imports": [record_json(record) for record in records],
             "total": total,
-            "limit": limit,
-            "offset": offset,
+            "limit": asked.limit,
+            "offset": asked.offset,
         }
         return Answer(HTTPStatus.OK, _json(document))
 
@@ -291,7 +286,7 @@ def parse_time(text: str) -> float:
     return moment.timestamp() + float(match.group(7) or 0)
 
 
-def _filters(query: str) -> tuple[dict[str, Any], int, int]:
+def _query(query: str) -> Query:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, errors="strict", max_num_fields=32)
     except UnicodeDecodeError:
@@ -301,7 +296,7 @@ def _filters(query: str) -> tuple[dict[str, Any], int, int]:
     given: dict[str, str] = {}
     for name, value in pairs:
         if name not in _PARAMETERS:
-            shown = _one_line(name[:64])
+            shown = one_line(name[:64])
             raise RequestError(f"unknown parameter {shown!r}: give {', '.join(_PARAMETERS)}", shown)
         if name in given:
             raise RequestError(f"{name} is given more than once", name)
@@ -329,7 +324,7 @@ def _filters(query: str) -> tuple[dict[str, Any], int, int]:
                 raise RequestError(f"{name} must be true or false", name)
             filters[name] = _BOOLEANS[given[name]]
     limit = _integer(given, "limit", DEFAULT_LIMIT, MAX_LIMIT)
-    return filters, limit, _integer(given, "offset", 0, MAX_OFFSET)
+    return Query(**filters, limit=limit, offset=_integer(given, "offset", 0, MAX_OFFSET))
 
 
 def _integer(given: dict[str, str], name: str, default: int, high: int) -> int:
@@ -343,7 +338,3 @@ def _integer(given: dict[str, str], name: str, default: int, high: int) -> int:
 
 def _json(document: object) -> bytes:
     return json.dumps(document, allow_nan=False).encode("ascii")
-
-
-def _one_line(text: str) -> str:
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any, Protocol, TextIO
 
-from elevate_import_exporter.model import safe_text
+from elevate_import_exporter.model import one_line
 from elevate_import_exporter.status import IdState, Outcome, Progress
 
 CSI = "\x1b["
@@ -160,7 +160,7 @@ def _import_document(state: IdState) -> dict[str, Any]:
 
 def row(state: IdState, id_width: int, width: int | None, colour: bool) -> str:
     """One id's line: id, status, then type and message or the API's error."""
-    status = "-" if state.status is None else _one_line(state.status)
+    status = "-" if state.status is None else one_line(state.status)
     head = f"{state.id.ljust(id_width)}  "
     line = _fit(f"{head}{status.ljust(_STATUS_WIDTH)}  {_detail(state)}".rstrip(), width)
     if not colour:
@@ -174,13 +174,13 @@ def row(state: IdState, id_width: int, width: int | None, colour: bool) -> str:
 
 def _detail(state: IdState) -> str:
     if state.error is not None:
-        return _one_line(f"API error: {state.error.reason}: {state.error.detail}")
+        return one_line(f"API error: {state.error.reason}: {state.error.detail}")
     if state.info is None:
         return ""
     parts = [state.info.type, state.info.message]
     if state.gave_up:
         parts.append("(the cluster does not know this id)")
-    return "  ".join(_one_line(part) for part in parts if part.strip())
+    return "  ".join(one_line(part) for part in parts if part.strip())
 
 
 def _colour_of(state: IdState) -> str | None:
@@ -220,12 +220,6 @@ def duration(seconds: float) -> str:
     minutes, secs = divmod(rest, 60)
     text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
     return text + (f"{secs}s" if secs or not text else "")
-
-
-def _one_line(text: str) -> str:
-    # safe_text again, although text is made safe where it comes in: a control or bidi
-    # character reaching a terminal would rewrite or reorder the line.
-    return " ".join(safe_text(text).split())
 
 
 def _fit(text: str, width: int | None) -> str:

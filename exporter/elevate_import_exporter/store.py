@@ -24,11 +24,14 @@ from elevate_import_exporter.records import (
     FieldError,
     IdRule,
     ImportRecord,
+    Query,
     damage_text,
     record_of_row,
 )
 
 log = logging.getLogger(__name__)
+
+_EVERYTHING = Query()
 
 DEFAULT_PATH = "data/elevate-import-exporter.db"
 # MIGRATIONS[n] takes version n to n + 1 in the open's transaction: it must not commit.
@@ -210,25 +213,18 @@ class Store:
             conn.executemany("DELETE FROM imports WHERE id = ?", doomed)
         return len(doomed)
 
-    def query(
-        self,
-        *,
-        status: str | None = None,
-        type: str | None = None,
-        source: str | None = None,
-        since: float | None = None,
-        finished: bool | None = None,
-        retired: bool | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> tuple[list[ImportRecord], int]:
-        """A page of matching records, newest first (latest ``coalesce(final_at, first_seen)``,
-        then id; ``since`` compares that time), and how many match in all. ``finished``:
-        final or retired (False: neither)."""
+    def query(self, query: Query = _EVERYTHING) -> tuple[list[ImportRecord], int]:
+        """A page of the records ``query`` asks for (then by id), and how many match in all."""
+        limit, offset = query.limit, query.offset
         if limit < 0 or offset < 0:
             raise ValueError(f"limit and offset must not be negative: {limit}, {offset}")
-        values = {"status": status, "type": type, "source": source, "since": since}
-        where, params = _where(values, finished=finished, retired=retired)
+        values = {
+            "status": query.status,
+            "type": query.type,
+            "source": query.source,
+            "since": query.since,
+        }
+        where, params = _where(values, finished=query.finished, retired=query.retired)
         if self._skipped:
             where += f"{' AND' if where else ' WHERE'} id NOT IN temp.skipped"
         page = f"SELECT {_COLUMNS} FROM imports{where} ORDER BY {_WHEN} DESC, id LIMIT ? OFFSET ?"  # noqa: S608

@@ -23,6 +23,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 from elevate_import_exporter.logs import Redactor
+from elevate_import_exporter.model import one_line
 from elevate_import_exporter.records import Registration
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ def _why(exc: BaseException) -> str:
         return str(exc.reason)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return one_line(str(exc)) or type(exc).__name__
+    return one_line(str(exc), MAX_SHOWN) or type(exc).__name__
 
 
 def _interpret(
@@ -317,7 +318,9 @@ def _tracked(client: Client, ids: list[str], body: bytes) -> list[Tracked]:
     }
     missing = [import_id for import_id in ids if import_id not in created]
     if missing:
-        raise bad(f"no word on {len(missing)} of the ids sent, {one_line(missing[0])!r} first")
+        raise bad(
+            f"no word on {len(missing)} of the ids sent, {one_line(missing[0], MAX_SHOWN)!r} first"
+        )
     return [Tracked(import_id, created[import_id]) for import_id in ids]
 
 
@@ -344,12 +347,4 @@ def _masked(client: Client, text: str) -> str:
         # whoever reads the CI log.
         for secret in (credentials.token, credentials.password):
             text = Redactor(secret).redact(text, "********") if secret else text
-    return one_line(text)
-
-
-def one_line(text: str, limit: int = MAX_SHOWN) -> str:
-    """``text`` without control, format or line-breaking characters (terminal escapes,
-    bidirectional overrides), runs of white space as one space, cut to ``limit``."""
-    printable = "".join(ch if ch.isprintable() else " " for ch in text[: limit * 2])
-    joined = " ".join(printable.split())
-    return joined[:limit] + ("..." if len(joined) > limit else "")
+    return one_line(text, MAX_SHOWN)

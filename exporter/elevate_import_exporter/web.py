@@ -35,7 +35,7 @@ from elevate_import_exporter.landing import landing_page
 from elevate_import_exporter.listeners import ListenError as ListenError
 from elevate_import_exporter.listeners import listen_all
 from elevate_import_exporter.poller import Snapshot
-from elevate_import_exporter.records import CatalogError
+from elevate_import_exporter.records import CatalogError, Query
 from elevate_import_exporter.scrapetime import DEFAULT_SCRAPE_TIMEOUT as DEFAULT_SCRAPE_TIMEOUT
 from elevate_import_exporter.scrapetime import MAX_SCRAPE_TIMEOUT as MAX_SCRAPE_TIMEOUT
 from elevate_import_exporter.scrapetime import poll_budget
@@ -344,7 +344,9 @@ class _Handler(BaseHTTPRequestHandler):
         pages = parse_qs(query).get("page", [])
         page = int(pages[0]) if len(pages) == 1 and _PAGE.fullmatch(pages[0]) else 1
         try:
-            history, total = site.catalog.query(finished=True, limit=ROWS, offset=ROWS * (page - 1))
+            history, total = site.catalog.query(
+                Query(finished=True, limit=ROWS, offset=ROWS * (page - 1))
+            )
         except CatalogError as exc:  # the live imports are worth a page without the history
             log.warning("landing page without history: %s", exc)
             history, total = [], 0

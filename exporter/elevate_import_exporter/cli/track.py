@@ -18,16 +18,17 @@ from elevate_import_exporter import __version__
 from elevate_import_exporter.cli.common import SetupError
 from elevate_import_exporter.config import ConfigError, parse_duration
 from elevate_import_exporter.files import UnreadableFile, read_regular_file, read_text_file
+from elevate_import_exporter.model import one_line
 from elevate_import_exporter.options import parse_http_url, shown_url
 from elevate_import_exporter.track import (
     CREDENTIAL_HINT,
     EXIT_UNREACHABLE,
+    MAX_SHOWN,
     PATH,
     Client,
     Credentials,
     Endpoint,
     TrackError,
-    one_line,
     registrations,
     track,
     usage,
@@ -180,7 +181,7 @@ def track_command(
         for batch in track(client, items):
             for tracked in () if quiet else batch:
                 state = "created" if tracked.created else "already tracked"
-                click.echo(f"{one_line(tracked.id)} {state}")
+                click.echo(f"{one_line(tracked.id, MAX_SHOWN)} {state}")
     except TrackError as exc:
         # As click shows its own errors (SetupError): "Error: " and one line.
         click.echo(f"Error: {exc}", err=True)
@@ -255,7 +256,8 @@ def _tls(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ss
             context = ssl.create_default_context(cadata=pem)
         except (ssl.SSLError, ValueError) as exc:
             raise usage(
-                f"--exporter.ca-file {ca_file}: no PEM certificate in it ({one_line(str(exc))})"
+                f"--exporter.ca-file {ca_file}: no PEM certificate in it "
+                f"({one_line(str(exc), MAX_SHOWN)})"
             ) from None
     if cert_file and key_file:
         # Read once here, so that a named pipe or a huge file fails at once instead of
@@ -268,7 +270,7 @@ def _tls(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ss
         except (OSError, ValueError) as exc:
             raise usage(
                 f"--exporter.cert-file {cert_file} with --exporter.key-file {key_file}: not a "
-                f"matching PEM certificate and unencrypted key ({one_line(str(exc))})"
+                f"matching PEM certificate and unencrypted key ({one_line(str(exc), MAX_SHOWN)})"
             ) from None
     return context
 
