@@ -69,7 +69,7 @@ class Application:
             raise
         self.ids = TrackedIds(sources, max_tracked=settings.max_tracked)
         self.poller = Poller(
-            status_api(settings, self.stats.record),
+            status_api(settings.client, self.stats.record),
             self.ids,
             concurrency=settings.concurrency,
             min_interval=settings.min_poll_interval,

@@ -45,6 +45,19 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
+class ClientSettings:
+    """What the Elevate client needs, and no more: where, with which key and flavour, and
+    how hard to try (in flight at once, seconds a request, extra tries)."""
+
+    base_url: str
+    api: str
+    api_key: Secret = field(repr=False)
+    concurrency: int = 8
+    timeout: float = 5.0
+    retries: int = 1
+
+
+@dataclass(frozen=True)
 class Settings:
     """Validated settings of ``run``; build them with :func:`load_settings`."""
 
@@ -80,6 +93,13 @@ class Settings:
     # What is allowed but worth a word at start (a key file every user can read); the
     # CLI logs each once logging is set up.
     warnings: tuple[str, ...] = ()
+
+    @property
+    def client(self) -> ClientSettings:
+        """The part of these settings the Elevate client is built from."""
+        return ClientSettings(
+            self.base_url, self.api, self.api_key, self.concurrency, self.timeout, self.retries
+        )
 
 
 def cluster_url(cluster_id: str) -> str:

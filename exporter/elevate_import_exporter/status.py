@@ -107,7 +107,7 @@ def outcome_of(states: Sequence[IdState]) -> Outcome:
 @contextmanager
 def open_api(settings: Settings) -> Iterator[StatusApi]:
     """The status API of ``settings``' flavour, closed on leaving."""
-    api = status_api(settings)
+    api = status_api(settings.client)
     try:
         yield api
     finally:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.config import Settings
+from elevate_import_exporter.config import ClientSettings
 from elevate_import_exporter.model import MAX_MESSAGE_CHARS, ImportInfo, RequestRecord, safe_text
 from elevate_import_exporter.transport import Transport
 
@@ -80,16 +80,16 @@ def flavour_named(name: str) -> Flavour:
 
 
 def status_api(
-    settings: Settings, on_request: Callable[[RequestRecord], None] = lambda _record: None
+    client: ClientSettings, on_request: Callable[[RequestRecord], None] = lambda _record: None
 ) -> StatusApi:
-    """The status API that ``settings`` name: their flavour over their transport."""
+    """The status API that ``client`` names: its flavour over its transport."""
     transport = Transport(
-        settings.base_url,
-        settings.api_key,
+        client.base_url,
+        client.api_key,
         user_agent=f"elevate-import-exporter/{__version__}",
-        pool_size=settings.concurrency,
-        timeout=settings.timeout,
-        retries=settings.retries,
+        pool_size=client.concurrency,
+        timeout=client.timeout,
+        retries=client.retries,
         on_request=on_request,
     )
-    return StatusApi(flavour_named(settings.api), transport)
+    return StatusApi(flavour_named(client.api), transport)
