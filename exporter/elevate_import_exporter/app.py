@@ -19,7 +19,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from elevate_import_exporter.api import status_api
-from elevate_import_exporter.catalog import Catalog
+from elevate_import_exporter.catalog import Catalog, live_states, registered_sources
 from elevate_import_exporter.collector import ImportCollector
 from elevate_import_exporter.config import Settings
 from elevate_import_exporter.idsfile import IdsFile
@@ -52,18 +52,13 @@ class Application:
         self.stats = RequestStats()
         self.store = Store.open(settings.storage_path)
         try:
-            self.catalog = Catalog.load(
-                self.store,
-                retention=settings.retention,
-                history=settings.history,
-                max_registered=settings.max_tracked,
-                clock=clock,
-                id_rule=id_rule(settings.api),
-            )
+            # Read once, for the id sources, the poller and the catalog alike.
+            records = self.store.load(id_rule(settings.api))
+            registered = registered_sources(records)
             sources: list[IdSource] = [FixedIds(settings.import_ids)]
             if settings.ids_file is not None:
                 sources.append(IdsFile(settings.ids_file, *id_rule(settings.api)))
-            sources += self.catalog.sources.values()
+            sources += registered.values()
         except Exception:
             self.store.close()
             raise
@@ -75,9 +70,19 @@ class Application:
             min_interval=settings.min_poll_interval,
             clock=clock,
             probe_id=PROBE_ID,
-            restored=self.catalog.restored_states(),
+            restored=live_states(records),
         )
-        self.catalog.follow(self.poller, self.ids)
+        self.catalog = Catalog(
+            self.store,
+            records,
+            retention=settings.retention,
+            history=settings.history,
+            max_registered=settings.max_tracked,
+            clock=clock,
+            sources=registered,
+            ids=self.ids,
+            live=self.poller,
+        )
         # What the poll rounds' state makes, rendered once a round and shared by its scrapes;
         # and what moves between rounds (process, proxy), rendered for every scrape.
         self.registry = CollectorRegistry()

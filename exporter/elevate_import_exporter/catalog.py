@@ -16,10 +16,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 from elevate_import_exporter.model import FINAL_STATUSES
-from elevate_import_exporter.poller import ImportState, Poller
 from elevate_import_exporter.records import (
     REGISTERED_SOURCES,
     IdRule,
@@ -29,7 +28,7 @@ from elevate_import_exporter.records import (
 )
 from elevate_import_exporter.records import CatalogError as CatalogError
 from elevate_import_exporter.sources import MemoryIds, TrackedIds
-from elevate_import_exporter.state import holds
+from elevate_import_exporter.state import ImportState, Snapshot, holds
 from elevate_import_exporter.state import record_of as _record
 from elevate_import_exporter.state import state_of as _state
 from elevate_import_exporter.store import Store, StoreError
@@ -47,8 +46,40 @@ RETIRED_STATUSES = (*sorted(FINAL_STATUSES), "NOT_FOUND")
 PURGE_EVERY = 3600.0
 
 
+class LiveImports(Protocol):
+    """What the catalog asks of the live state of the imports (:class:`~.poller.Poller`)."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def sync(self) -> None: ...
+
+    def forget(self, ids: Iterable[str]) -> None: ...
+
+    def restore(self, states: Iterable[ImportState]) -> None: ...
+
+
+def registered_sources(records: Iterable[ImportRecord]) -> dict[str, MemoryIds]:
+    """The id sources of registered imports (``api``, ``proxy``) as the store kept them."""
+    live = [record for record in records if not record.retired]
+    return {
+        name: MemoryIds(name, (r.id for r in live if r.source == name))
+        for name in REGISTERED_SOURCES
+    }
+
+
+def live_states(records: Iterable[ImportRecord]) -> list[ImportState]:
+    """The live imports as the store kept them, for the poller to take up: first seen and
+    status survive a restart, and a final status is not asked again."""
+    return [_state(record) for record in records if not record.retired]
+
+
 class Catalog:
-    """Every import the exporter knows of. Build with :meth:`load`, then :meth:`follow`."""
+    """Every import the exporter knows of.
+
+    With ``ids`` (every source, these ``sources`` of registered ids among them) and
+    ``live`` (the poller that asks about them), it keeps their state in the store and
+    retires from them; without, it only registers and lists (tests, a bare site).
+    """
 
     def __init__(
         self,
@@ -59,6 +90,9 @@ class Catalog:
         history: float,
         max_registered: int,
         clock: Callable[[], float] = time.time,
+        sources: Mapping[str, MemoryIds] | None = None,
+        ids: TrackedIds | None = None,
+        live: LiveImports | None = None,
     ) -> None:
         self._store = store
         self._retention = retention
@@ -73,18 +107,19 @@ class Catalog:
                 self._retired.add(record.id)
             else:
                 self._live[record.id] = record
-        self.sources = {
-            name: MemoryIds(name, (r.id for r in self._live.values() if r.source == name))
-            for name in REGISTERED_SOURCES
-        }
+        self.sources = dict(sources or registered_sources(self._live.values()))
         self._registrations: Counter[str] = Counter()
         self._retired_counts: Counter[str] = Counter()
-        self._poller: Poller | None = None
-        self._ids: TrackedIds | None = None
+        self._poller = live
+        self._ids = ids
         self._seen_imports: object = None
         self._purged_at: float | None = None
         # Replaced (compared by identity) whenever a counter or the set of imports changes.
         self.version: object = object()
+        if ids is not None:  # retired ids stay out, whatever source still lists them
+            ids.exclude(frozenset(self._retired))
+        if live is not None:
+            live.sync()
 
     @classmethod
     def load(
@@ -115,17 +150,6 @@ class Catalog:
     def retired_ids(self) -> frozenset[str]:
         with self._lock:
             return frozenset(self._retired)
-
-    def restored_states(self) -> list[ImportState]:
-        """The live imports as the store kept them, for the poller to take up."""
-        with self._lock:
-            return [_state(record) for record in self._live.values()]
-
-    def follow(self, poller: Poller, ids: TrackedIds) -> None:
-        """Keep ``poller``'s state in the store and retire from ``ids``, from now on."""
-        self._poller, self._ids = poller, ids
-        ids.exclude(self.retired_ids)
-        poller.sync()
 
     # -- registration -------------------------------------------------------------------
 
