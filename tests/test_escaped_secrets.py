@@ -21,7 +21,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 import pytest
 from pytest_httpserver import HTTPServer
 
-from elevate_import_exporter.logs import secret_pattern
+from elevate_import_exporter.logs import Redactor
 from tests.conftest import REPO, ExporterProcessFor, exporter_env
 from tests.support import Scrape
 
@@ -238,7 +238,7 @@ def hostile_text(key: str, size: int) -> tuple[str, list[str]]:
 def test_a_megabyte_of_hostile_text_is_redacted_exactly_and_in_bounded_time() -> None:
     text, forms = hostile_text(ISSUE_KEY, 1024 * 1024)
     started = time.monotonic()
-    redacted = secret_pattern(ISSUE_KEY).sub("<redacted>", text)
+    redacted = Redactor(ISSUE_KEY).sub("<redacted>", text)
     took = time.monotonic() - started
     assert redacted.count("<redacted>") == len(forms)
     # Everything else is left as it was.
@@ -253,7 +253,7 @@ def test_a_megabyte_of_hostile_text_fails_closed_for_a_key_that_looks_like_escap
     # The hard key's backslash makes other orders of decoders worth trying, within a
     # budget that a megabyte of escapes exceeds: then whatever could hide it goes whole.
     text, forms = hostile_text(HARD_KEY, 1024 * 1024)
-    redacted = secret_pattern(HARD_KEY).sub("<redacted>", text)
+    redacted = Redactor(HARD_KEY).sub("<redacted>", text)
     assert redacted.count("<redacted>") >= len(forms)
     for form in forms:
         assert form not in redacted
@@ -263,7 +263,7 @@ def test_a_megabyte_of_hostile_text_fails_closed_for_a_key_that_looks_like_escap
 def test_bytes_are_redacted_as_text_and_bytes_not_utf_8_pass_unchanged() -> None:
     # What the transport hands over: a body as it came, before anything decodes it.
     body = b"\xff\xfe " + php_json(quote(ISSUE_KEY)).encode() + b" \x80"
-    assert secret_pattern(ISSUE_KEY).sub(b"<redacted>", body) == b'\xff\xfe "<redacted>" \x80'
+    assert Redactor(ISSUE_KEY).sub(b"<redacted>", body) == b'\xff\xfe "<redacted>" \x80'
 
 
 def test_an_exporter_answered_a_megabyte_of_hostile_message_still_answers_and_redacts(

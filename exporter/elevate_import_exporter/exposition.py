@@ -53,7 +53,11 @@ def render(
         _runs(_source(fresh, names), dialect) if fresh is not None else (),
         [[dialect.end]],
     )
-    if accepts_gzip(accept_encoding):
+    return _encoded(runs, content_type, accepts_gzip(accept_encoding))
+
+
+def _encoded(runs: Iterable[list[bytes]], content_type: str, gzip: bool) -> Exposition:
+    if gzip:
         return Exposition(_gzipped(runs), content_type, "gzip")
     return Exposition(_joined(runs), content_type, None)
 
@@ -240,10 +244,7 @@ class Renderer:
         started = time.perf_counter()
         encoder, content_type = choose_encoder(accept)
         runs = _runs(_source(self._registry, wanted), _dialect(encoder, content_type))
-        if accepts_gzip(accept_encoding):
-            answer = Exposition(_gzipped(runs), content_type, "gzip")
-        else:
-            answer = Exposition(_joined(runs), content_type, None)
+        answer = _encoded(runs, content_type, accepts_gzip(accept_encoding))
         seconds = time.perf_counter() - started
         with self._lock:
             self.renders += 1
@@ -260,8 +261,8 @@ class Renderer:
         runs = itertools.chain(
             _runs(self._fresh, dialect) if self._fresh is not None else (), [[dialect.end]]
         )
-        tail = _gzipped(runs) if part.content_encoding == "gzip" else _joined(runs)
-        return Exposition(part.body + tail, part.content_type, part.content_encoding)
+        tail = _encoded(runs, content_type, part.content_encoding == "gzip")
+        return Exposition(part.body + tail.body, part.content_type, part.content_encoding)
 
 
 def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:

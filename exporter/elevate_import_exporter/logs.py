@@ -12,7 +12,7 @@ import re
 import sys
 import threading
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import overload
@@ -73,11 +73,6 @@ _MAX_LAYERS, _MAX_READINGS = 8, 64
 _BUDGET_MIN, _BUDGET_PER_CHAR = 1 << 16, 16
 
 
-def secret_pattern(secret: str) -> Redactor:
-    """``secret`` found in text from outside however it was escaped (see :class:`Redactor`)."""
-    return Redactor(secret)
-
-
 class Redactor:
     """Finds a secret in text however JSON, HTML and URL encoders wrote it, nested or mixed.
 
@@ -103,9 +98,6 @@ class Redactor:
             for kind in kinds
             for plus in (pluses if _URL in kind else [False])
         ]
-        # For callers that compile it into a bytes pattern (give bytes to sub instead): one
-        # layer of escapes, listed, as before.
-        self.pattern = "".join(_char_forms(c) for c in secret)
 
     @overload
     def sub(self, replacement: str, text: str) -> str: ...
@@ -275,9 +267,20 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def _char_forms(char: str) -> str:
-    code = ord(char)
-    return rf"(?:{re.escape(char)}|&#0*{code};?|&#x0*{code:x};?|\\u{code:04x}|%{code:02x})"
+def redacting(secrets: Iterable[str], replacement: str = REDACTED) -> Callable[[str], str]:
+    """What takes every one of ``secrets`` (empty ones ignored) out of a text, in any form.
+
+    The longest first: a secret that holds another (a password in its credentials) goes
+    whole rather than leave the rest of itself behind.
+    """
+    redactors = [Redactor(s) for s in sorted({s for s in secrets if s}, key=len, reverse=True)]
+
+    def redact(text: str) -> str:
+        for redactor in redactors:
+            text = redactor.redact(text, replacement)
+        return text
+
+    return redact
 
 
 class RedactingFilter(logging.Filter):
@@ -286,7 +289,7 @@ class RedactingFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
         # Escaped forms too: an exception may quote an answer that echoed the key escaped.
-        self._redactors = [Redactor(s) for s in secrets if s]
+        self._redact = redacting(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = self._redact(record.getMessage()), None
@@ -299,11 +302,6 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = self._redact(record.stack_info)
         return True
-
-    def _redact(self, text: str) -> str:
-        for redactor in self._redactors:
-            text = redactor.redact(text)
-        return text
 
 
 def configure(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:

@@ -43,6 +43,7 @@ HELD = "retry_after"
 DEADLINE, NOT_SENT, CRASHED = "deadline", "not_sent", "crashed"
 # Every reason of a round beside Elevate's error reasons (model.ERROR_REASONS).
 ROUND_REASONS = (DEADLINE, NOT_SENT, HELD, CRASHED)
+_NONE_LATE: Mapping[str, str] = {}
 # With nothing to ask, one request for an id that cannot exist tells whether key and
 # cluster still work (a valid key gets 200 NOT_FOUND); no more often than this.
 PROBE_EVERY = 5 * 60.0
@@ -82,7 +83,6 @@ class _Round:
         self._lock = threading.Lock()
         self._todo: Iterator[str] = iter(())
         self._asking: set[str] = set()
-        self.asked: list[str] = []
         self._arrived: list[Arrival] = []
         self._closed = False
         # Applied so far: ids with a valid answer, ids without one by why, warnings written.
@@ -104,7 +104,6 @@ class _Round:
             import_id = next(self._todo, None)
             if import_id is not None:
                 self._asking.add(import_id)
-                self.asked.append(import_id)
             return import_id
 
     def arrive(self, import_id: str, info: ImportInfo | None, error: BaseException | None) -> None:
@@ -299,14 +298,15 @@ class Poller:
         # Stragglers give up instead of retrying after the round has ended.
         mine.stop.set()
         arrived, unanswered, never_asked = mine.close()
-        self._note_asked(mine.asked)
-        # Always a new mapping, even if nothing changed: readers (the catalog's retirement,
-        # the shared rendering) take a new mapping for a new round.
-        self._apply(mine, arrived, publish=True)
+        # Lanes take ids in order: those asked are the ones before the never asked.
+        sent = asked[: len(asked) - len(never_asked)]
+        self._note_asked(sent)
         late = dict.fromkeys(unanswered, DEADLINE)
         late.update(dict.fromkeys(never_asked, NOT_SENT if stopped else DEADLINE))
         late.update(dict.fromkeys(held, HELD))
-        self._mark_failed(late)
+        # Always a new mapping, even if nothing changed: readers (the catalog's retirement,
+        # the shared rendering) take a new mapping for a new round.
+        self._apply(mine, arrived, late, publish=True)
         failures = mine.failures + Counter(late.values())
         _log_round(failures, len(pending))
         # Ids that left while the round ran leave now, not one scrape later.
@@ -319,7 +319,7 @@ class Poller:
             reachable = True  # a Retry-After is an answer too: Elevate is there, and busy
         elif mine.whole_key_warned:
             reachable = False  # a 403 or a 404: Elevate refuses every id
-        elif len(asked) > len(never_asked):
+        elif sent:
             # Every query failed: Elevate, or only these ids? An id that cannot exist tells.
             reachable = self._probe(deadline, min(self._probe_every, REACHABILITY_PROBE_EVERY))
         else:  # nothing was sent (all held): the last verdict stands
@@ -327,7 +327,7 @@ class Poller:
         result = RoundResult(
             up=up,
             seconds=time.monotonic() - started,
-            queried=len(asked) - len(never_asked),
+            queried=len(sent),
             ended=self._clock(),
             failures=dict(failures),
             reachable=reachable,
@@ -391,9 +391,18 @@ class Poller:
                 mine.stop.set()
             raise
 
-    def _apply(self, mine: _Round, arrived: list[Arrival], *, publish: bool = False) -> None:
-        """Take answers of ``mine`` into the state, and count and log those that failed."""
-        if not arrived and not publish:
+    def _apply(
+        self,
+        mine: _Round,
+        arrived: list[Arrival],
+        late: Mapping[str, str] = _NONE_LATE,
+        *,
+        publish: bool = False,
+    ) -> None:
+        """Take answers of ``mine`` into the state, and count and log those that failed;
+        mark the ``late`` ids (no answer, by why) as without one: ``last_polled`` still says
+        when an answer last came."""
+        if not arrived and not late and not publish:
             return
         now = self._clock()
         with self._lock:
@@ -429,17 +438,11 @@ class Poller:
                     last_polled=now,
                     failure=None,
                 )
-            self._imports = imports
-
-    def _mark_failed(self, failed: Mapping[str, str]) -> None:
-        """Ids the round did not get an answer for: not fresh, and why; ``last_polled``
-        still says when an answer last came."""
-        if not failed:
-            return
-        with self._lock:
-            imports = dict(self._imports)
-            for import_id, reason in failed.items():
-                if (state := imports.get(import_id)) is not None:
+            for import_id, reason in late.items():
+                state = imports.get(import_id)
+                # Already marked so by an earlier round (the tail a short deadline leaves out
+                # each time): no new state, so little work past the deadline.
+                if state is not None and (state.poll_success or state.failure != reason):
                     imports[import_id] = replace(state, poll_success=False, failure=reason)
             self._imports = imports
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from elevate_import_exporter.auth import CHALLENGE, RETRY_AFTER, BasicAuth, Verdict
 from elevate_import_exporter.handshake import ServerTls
-from elevate_import_exporter.logs import secret_pattern
+from elevate_import_exporter.logs import redacting
 from elevate_import_exporter.model import id_rule
 from elevate_import_exporter.proxy_accept import Acceptor, Connection
 from elevate_import_exporter.proxy_exchange import Client, Exchange, Outcome, send_error
@@ -56,7 +56,6 @@ SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", "
 # Pieces of a request's secrets shorter than this are not looked for in its answer: a
 # password "P" would take every P out of a type, and shows little in any case.
 MIN_SECRET_CHARS = 4
-REDACTED = "<redacted>"
 _NO_WEB_CONFIG = WebConfig()
 
 Register = Callable[[Sequence[Registration], str], list[bool]]
@@ -280,14 +279,4 @@ def _redactor(head: RequestHead) -> Callable[[str], str]:
                 with contextlib.suppress(binascii.Error, UnicodeDecodeError):
                     decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
                     secrets |= {decoded, decoded.partition(":")[2]}
-    # The longest first: a secret that holds another (a password in its credentials) is
-    # replaced whole.
-    longest = sorted((s for s in secrets if len(s) >= MIN_SECRET_CHARS), key=len, reverse=True)
-    patterns = [secret_pattern(s) for s in longest]
-
-    def redact(text: str) -> str:
-        for pattern in patterns:
-            text = pattern.sub(REDACTED, text)
-        return text
-
-    return redact
+    return redacting(s for s in secrets if len(s) >= MIN_SECRET_CHARS)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from elevate_import_exporter.logs import Redactor
+from elevate_import_exporter.logs import redacting
 from elevate_import_exporter.model import one_line
 from elevate_import_exporter.records import Registration
 
@@ -345,6 +345,5 @@ def _masked(client: Client, text: str) -> str:
     if credentials is not None:
         # Escaped forms too (URL, HTML, JSON, nested, any case): each is the password to
         # whoever reads the CI log.
-        for secret in (credentials.token, credentials.password):
-            text = Redactor(secret).redact(text, "********") if secret else text
+        text = redacting((credentials.token, credentials.password), "********")(text)
     return one_line(text, MAX_SHOWN)

@@ -37,7 +37,7 @@ from urllib3.exceptions import ReadTimeoutError
 from elevate_import_exporter.deadline import MAX_RETRY_AFTER as MAX_RETRY_AFTER
 from elevate_import_exporter.deadline import Guard, Reaper, WholeHead, backoff, current
 from elevate_import_exporter.deadline import parse_retry_after as parse_retry_after
-from elevate_import_exporter.logs import secret_pattern
+from elevate_import_exporter.logs import REDACTED, Redactor
 from elevate_import_exporter.model import (
     ApiError,
     NotSent,
@@ -51,7 +51,6 @@ from elevate_import_exporter.secret import Secret
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 1024 * 1024
-REDACTED = "<redacted>"
 
 
 class Transport:
@@ -69,7 +68,7 @@ class Transport:
         on_request: Callable[[RequestRecord], None] = lambda _record: None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._key = secret_pattern(api_key.reveal())
+        self._key = Redactor(api_key.reveal())
         self._timeout = timeout
         self._retries = retries
         self._on_request = on_request
