@@ -121,7 +121,7 @@ class AppChild:
 
 def main() -> None:
     from elevate_import_exporter.app import Application
-    from elevate_import_exporter.config import load_settings
+    from elevate_import_exporter.settings.config import load_settings
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = load_settings(**json.loads(sys.argv[1]))

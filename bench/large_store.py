@@ -19,8 +19,8 @@ from typing import Any
 
 from procs import ExporterProcess, SimulatorProcess, generated_ids, is_up, status_kib
 
-from elevate_import_exporter.records import ImportRecord
-from elevate_import_exporter.store import Store
+from elevate_import_exporter.core.records import ImportRecord
+from elevate_import_exporter.lifecycle.store import Store
 
 FILL_BATCH = 10_000
 

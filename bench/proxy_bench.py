@@ -29,7 +29,7 @@ STATUS_PATH = "/api/v2/import/status/5537431447739019570"
 # with a register callback that only counts.
 PROXY_CHILD = """
 import sys
-from elevate_import_exporter.proxy import ImportProxy
+from elevate_import_exporter.proxy.server import ImportProxy
 
 proxy = ImportProxy(
     [("127.0.0.1", int(sys.argv[2]))], sys.argv[1],

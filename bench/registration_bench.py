@@ -20,8 +20,8 @@ from typing import Any
 
 from procs import ExporterProcess, SimulatorProcess
 
-from elevate_import_exporter.records import ImportRecord
-from elevate_import_exporter.store import Store
+from elevate_import_exporter.core.records import ImportRecord
+from elevate_import_exporter.lifecycle.store import Store
 
 FIRST_ID = 9_000_000_000_000_000_000
 

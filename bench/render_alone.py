@@ -15,12 +15,12 @@ from typing import Any
 from procs import generated_ids, live_ids
 from prometheus_client import CollectorRegistry, generate_latest
 
-from elevate_import_exporter.collector import ImportCollector
-from elevate_import_exporter.exposition import render
-from elevate_import_exporter.model import ImportInfo
-from elevate_import_exporter.poller import RoundResult, Snapshot
-from elevate_import_exporter.state import ImportState
-from elevate_import_exporter.stats import RequestStats
+from elevate_import_exporter.core.model import ImportInfo
+from elevate_import_exporter.core.state import ImportState
+from elevate_import_exporter.metrics.collector import ImportCollector
+from elevate_import_exporter.metrics.exposition import render
+from elevate_import_exporter.metrics.stats import RequestStats
+from elevate_import_exporter.polling.poller import RoundResult, Snapshot
 
 
 class _Rounds:

@@ -35,7 +35,7 @@ from procs import (
     generated_ids,
 )
 
-from elevate_import_exporter.web import HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_THREADS
+from elevate_import_exporter.site.web import HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_THREADS
 
 USER, PASSWORD = "prometheus", "bench-password"
 # Threads besides the handler and poll workers: the main thread (the accept loop), the

@@ -7,7 +7,7 @@ from typing import Any
 
 from web_load import FIXED_THREADS
 
-from elevate_import_exporter.web import MAX_THREADS
+from elevate_import_exporter.site.web import MAX_THREADS
 
 Table = Callable[[list[str], list[list[str]]], str]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from elevate_import_exporter.app import Application as Exporter
-from elevate_import_exporter.config import LOG_OPTIONS, RUN_OPTIONS
+from elevate_import_exporter.settings.config import LOG_OPTIONS, RUN_OPTIONS
 from elevate_import_exporter.simulator import Simulator
 from tests.support import Exporters, free_port, fresh_store_path, stop_process, wait_until
 

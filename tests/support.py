@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 if TYPE_CHECKING:
-    from elevate_import_exporter.poller import Snapshot
+    from elevate_import_exporter.polling.poller import Snapshot
 
 T = TypeVar("T")
 
@@ -127,7 +127,7 @@ class Exporters:
         the address a free loopback port and ``min_poll_interval`` ``"0s"``.
         """
         from elevate_import_exporter.app import Application
-        from elevate_import_exporter.config import load_settings
+        from elevate_import_exporter.settings.config import load_settings
 
         options.setdefault("api_key", "sim-key")
         options.setdefault("listen_address", "127.0.0.1:0")
@@ -201,9 +201,9 @@ class BareSite:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry
 
-        from elevate_import_exporter.catalog import Catalog
-        from elevate_import_exporter.config import load_settings
-        from elevate_import_exporter.store import Store
+        from elevate_import_exporter.lifecycle.catalog import Catalog
+        from elevate_import_exporter.lifecycle.store import Store
+        from elevate_import_exporter.settings.config import load_settings
 
         self.registry = CollectorRegistry()
         self.fresh_registry: CollectorRegistry | None = None
@@ -217,7 +217,7 @@ class BareSite:
         pass
 
     def snapshot(self) -> Snapshot:
-        from elevate_import_exporter.poller import Snapshot
+        from elevate_import_exporter.polling.poller import Snapshot
 
         return Snapshot({}, None)
 

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from pytest_httpserver import HTTPServer
 
-from elevate_import_exporter.api import flavour_named
 from elevate_import_exporter.app import Application as Exporter
-from elevate_import_exporter.idsfile import IdsFile
-from elevate_import_exporter.model import API_FLAVOURS, id_rule
-from elevate_import_exporter.poller import PROBE_ID
-from elevate_import_exporter.transport import MAX_BODY_BYTES
+from elevate_import_exporter.core.model import API_FLAVOURS, id_rule
+from elevate_import_exporter.elevate.api import flavour_named
+from elevate_import_exporter.elevate.transport import MAX_BODY_BYTES
+from elevate_import_exporter.polling.idsfile import IdsFile
+from elevate_import_exporter.polling.poller import PROBE_ID
 from tests.conftest import ExporterFor
 from tests.support import scrape
 
@@ -193,7 +193,7 @@ def test_an_id_that_is_not_a_number_is_skipped_from_the_ids_file_with_a_warning(
 ) -> None:
     path = tmp_path / "ids.txt"
     path.write_text(f"{ID}\nimport-7\n0042\n")
-    with caplog.at_level(logging.WARNING, logger="elevate_import_exporter.idsfile"):
+    with caplog.at_level(logging.WARNING, logger="elevate_import_exporter.polling.idsfile"):
         ids = IdsFile(path, *id_rule("admin-v4"))
 
     assert ids.current() == (ID, "0042")

@@ -19,7 +19,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from elevate_import_exporter.app import Application as Exporter
-from elevate_import_exporter.poller import PROBE_ID
+from elevate_import_exporter.polling.poller import PROBE_ID
 from tests.conftest import ExporterFor
 from tests.support import Scrape, free_port, scrape
 

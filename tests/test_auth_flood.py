@@ -14,7 +14,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from elevate_import_exporter.auth import BasicAuth
+from elevate_import_exporter.httpd.auth import BasicAuth
 from elevate_import_exporter.simulator import Simulator
 from tests.conftest import SIM_KEY, ExporterProcess, ExporterProcessFor
 from tests.support import free_port, wait_until

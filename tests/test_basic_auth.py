@@ -13,13 +13,13 @@ import bcrypt
 import pytest
 from prometheus_client import Gauge
 
-from elevate_import_exporter import web
-from elevate_import_exporter.auth import BasicAuth, parse_basic
-from elevate_import_exporter.webconfig import (
+from elevate_import_exporter.httpd.auth import BasicAuth, parse_basic
+from elevate_import_exporter.httpd.webconfig import (
     HttpServerConfig,
     WebConfig,
     WebConfigWatcher,
 )
+from elevate_import_exporter.site import web
 from tests.support import BareSite
 
 ALICE = bcrypt.hashpw(b"alice's secret", bcrypt.gensalt(rounds=4)).decode()

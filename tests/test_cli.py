@@ -24,7 +24,7 @@ from click.testing import CliRunner, Result
 
 from elevate_import_exporter.cli import cli
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from elevate_import_exporter.web import DRAIN_SECONDS
+from elevate_import_exporter.site.web import DRAIN_SECONDS
 from tests.conftest import EXPORTER_ENV, SIM_KEY, ExporterProcess, ExporterProcessFor
 from tests.support import Scrape, free_port, fresh_store_path, wait_until
 

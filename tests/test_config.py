@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from elevate_import_exporter.config import ConfigError, Settings, load_settings
+from elevate_import_exporter.settings.config import ConfigError, Settings, load_settings
 
 KEY = "KEY-5f1c9e-DO-NOT-LEAK"
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from elevate_import_exporter.catalog import Catalog
-from elevate_import_exporter.model import id_rule
-from elevate_import_exporter.records import ImportRecord, Query, Registration
+from elevate_import_exporter.core.model import id_rule
+from elevate_import_exporter.core.records import ImportRecord, Query, Registration
+from elevate_import_exporter.lifecycle.catalog import Catalog
+from elevate_import_exporter.lifecycle.store import Store
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from elevate_import_exporter.store import Store
 from tests.conftest import SIM_KEY, ExporterProcess, ExporterProcessFor
 from tests.support import Scrape
 
@@ -350,7 +350,7 @@ def test_many_damaged_rows_are_warned_about_twenty_at_a_time_and_all_counted(
     )
     store = Store.open(db)
     try:
-        with caplog.at_level("WARNING", logger="elevate_import_exporter.store"):
+        with caplog.at_level("WARNING", logger="elevate_import_exporter.lifecycle.store"):
             catalog = Catalog.load(store, retention=86400.0, history=86400.0, max_registered=100)
         assert catalog.skipped_rows == 25
         lines = [r.getMessage() for r in caplog.records]

@@ -218,10 +218,10 @@ return Math.max(0, document.documentElement.scrollWidth - width,
 def test_a_full_history_fits_a_1280_pixel_screen_with_its_labels_and_source(
     browser: WebDriver, tmp_path: Path
 ) -> None:
-    from elevate_import_exporter.landing import landing_page
-    from elevate_import_exporter.model import ImportInfo
-    from elevate_import_exporter.records import ImportRecord
-    from elevate_import_exporter.state import ImportState, Snapshot
+    from elevate_import_exporter.core.model import ImportInfo
+    from elevate_import_exporter.core.records import ImportRecord
+    from elevate_import_exporter.core.state import ImportState, Snapshot
+    from elevate_import_exporter.site.landing import landing_page
 
     now = 1_800_000_000.0
     message = "Import failed: attribute 'price' is not a number on line 17 of the feed. " * 2

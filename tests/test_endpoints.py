@@ -20,7 +20,7 @@ from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from elevate_import_exporter.app import Application as Exporter
-from elevate_import_exporter.config import load_settings
+from elevate_import_exporter.settings.config import load_settings
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import SIM_KEY, ExporterFor
 from tests.support import ERROR_REASONS, wait_until

@@ -21,7 +21,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 import pytest
 from pytest_httpserver import HTTPServer
 
-from elevate_import_exporter.logs import Redactor
+from elevate_import_exporter.core.logs import Redactor
 from tests.conftest import REPO, ExporterProcessFor, exporter_env
 from tests.support import Scrape
 

@@ -18,15 +18,15 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 
 from elevate_import_exporter.app import Application
-from elevate_import_exporter.collector import ImportCollector
-from elevate_import_exporter.config import load_settings
-from elevate_import_exporter.exposition import render
-from elevate_import_exporter.lines import FinalLines, import_families
-from elevate_import_exporter.model import DOCUMENTED_STATUSES, ImportInfo
-from elevate_import_exporter.poller import RoundResult, Snapshot
+from elevate_import_exporter.core.model import DOCUMENTED_STATUSES, ImportInfo
+from elevate_import_exporter.core.state import ImportState
+from elevate_import_exporter.metrics.collector import ImportCollector
+from elevate_import_exporter.metrics.exposition import render
+from elevate_import_exporter.metrics.lines import FinalLines, import_families
+from elevate_import_exporter.metrics.stats import RequestStats
+from elevate_import_exporter.polling.poller import RoundResult, Snapshot
+from elevate_import_exporter.settings.config import load_settings
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from elevate_import_exporter.state import ImportState
-from elevate_import_exporter.stats import RequestStats
 from tests.conftest import SIM_KEY
 
 TEXT = "text/plain"

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import Gauge
 
-from elevate_import_exporter import web
-from elevate_import_exporter.poller import Snapshot
+from elevate_import_exporter.polling.poller import Snapshot
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.site import web
 from tests.conftest import REPO, SIM_KEY, ExporterFor, ExporterProcessFor, exporter_env
 from tests.support import BareSite, free_port, stop_process, wait_until
 
@@ -465,7 +465,7 @@ def test_clients_that_leave_before_their_answer_leave_debug_lines_not_tracebacks
 
 CRASHES = """
 import sys, threading
-from elevate_import_exporter import logs
+from elevate_import_exporter.core import logs
 
 logs.configure("info", sys.argv[1], ["top-secret-key"])
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from elevate_import_exporter.httpd.tls import TlsProvider
+from elevate_import_exporter.httpd.webconfig import TlsServerConfig, WebConfigError, load_web_config
 from elevate_import_exporter.simulator import Simulator
-from elevate_import_exporter.tls import TlsProvider
-from elevate_import_exporter.webconfig import TlsServerConfig, WebConfigError, load_web_config
 from tests.conftest import SIM_KEY, ExporterProcessFor
 from tests.support import finishes
 

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 from prometheus_client.openmetrics import parser as openmetrics_parser
 
-from elevate_import_exporter import logs
 from elevate_import_exporter.app import Application
-from elevate_import_exporter.poller import PROBE_ID
-from elevate_import_exporter.transport import MAX_RETRY_AFTER, parse_retry_after
+from elevate_import_exporter.core import logs
+from elevate_import_exporter.elevate.transport import MAX_RETRY_AFTER, parse_retry_after
+from elevate_import_exporter.polling.poller import PROBE_ID
 from tests.conftest import ExporterFor, ExporterProcessFor
 from tests.support import Scrape, scrape, wait_until
 from tests.upstream import (

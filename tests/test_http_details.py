@@ -22,10 +22,10 @@ from prometheus_client.registry import Collector
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from elevate_import_exporter import web
 from elevate_import_exporter.app import Application
-from elevate_import_exporter.config import load_settings
+from elevate_import_exporter.settings.config import load_settings
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step, generated_imports
+from elevate_import_exporter.site import web
 from tests.conftest import SIM_KEY, ExporterFor
 from tests.support import Scrape, wait_until
 from tests.test_hostile_clients import TinySite
@@ -307,7 +307,7 @@ def test_a_scrape_that_hits_a_bug_answers_500_logs_it_and_the_next_scrape_works(
     running = exporter_for(simulator.url, ["1001"])
     broken = Broken()
     running.registry.register(broken)
-    with caplog.at_level(logging.ERROR, logger="elevate_import_exporter.web"):
+    with caplog.at_level(logging.ERROR, logger="elevate_import_exporter.site.web"):
         answer = get(running.url + "/metrics")
     assert (answer.status, answer.body) == (500, b"Scrape failed.\n")
     [record] = [r for r in caplog.records if r.getMessage() == "scrape failed"]

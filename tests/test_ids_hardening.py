@@ -18,16 +18,16 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.api import StatusApi, flavour_named
 from elevate_import_exporter.app import Application as Exporter
-from elevate_import_exporter.collector import ImportCollector
-from elevate_import_exporter.idsfile import IdsFile, IdsFileError
-from elevate_import_exporter.poller import Poller
-from elevate_import_exporter.secret import Secret
+from elevate_import_exporter.core.secret import Secret
+from elevate_import_exporter.elevate.api import StatusApi, flavour_named
+from elevate_import_exporter.elevate.transport import Transport
+from elevate_import_exporter.metrics.collector import ImportCollector
+from elevate_import_exporter.metrics.stats import RequestStats
+from elevate_import_exporter.polling.idsfile import IdsFile, IdsFileError
+from elevate_import_exporter.polling.poller import Poller
+from elevate_import_exporter.polling.sources import FixedIds, MemoryIds, TrackedIds
 from elevate_import_exporter.simulator import Simulator
-from elevate_import_exporter.sources import FixedIds, MemoryIds, TrackedIds
-from elevate_import_exporter.stats import RequestStats
-from elevate_import_exporter.transport import Transport
 from tests.conftest import SIM_KEY, ExporterFor, ExporterProcess, ExporterProcessFor
 from tests.support import Scrape, ids_in_every_series, wait_until
 from tests.support import scrape_text as support_scrape_text
@@ -35,7 +35,7 @@ from tests.support import scrape_text as support_scrape_text
 TRACKED = "elevate_import_tracked_imports"
 REFUSED = "elevate_import_refused_imports"
 BY_SOURCE = "elevate_import_source_imports"
-IDS_LOGGER = "elevate_import_exporter.idsfile"
+IDS_LOGGER = "elevate_import_exporter.polling.idsfile"
 # The documented limits, written out here rather than imported, so that a changed
 # constant shows up as a failing test and a README to update.
 SIZE_CAP = 16 * 1024 * 1024

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.config import LOG_OPTIONS, RUN_OPTIONS
+from elevate_import_exporter.settings.config import LOG_OPTIONS, RUN_OPTIONS
 from elevate_import_exporter.simulator import Simulator
 from tests.conftest import SIM_KEY, ExporterProcessFor
 from tests.support import free_port, missing, need_tool, scrape, wait_until

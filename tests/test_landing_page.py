@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from elevate_import_exporter.landing import HISTORY_PAGE_SIZE, ago, landing_page, took
-from elevate_import_exporter.model import ImportInfo
-from elevate_import_exporter.records import ImportRecord
+from elevate_import_exporter.core.model import ImportInfo
+from elevate_import_exporter.core.records import ImportRecord
+from elevate_import_exporter.core.state import ImportState, Snapshot
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from elevate_import_exporter.state import ImportState, Snapshot
+from elevate_import_exporter.site.landing import HISTORY_PAGE_SIZE, ago, landing_page, took
 from tests.conftest import ExporterFor
 from tests.support import wait_until
 

@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from elevate_import_exporter import transport
-from elevate_import_exporter.deadline import WholeHead
-from elevate_import_exporter.lines import ImportFamily
+from elevate_import_exporter.elevate import transport
+from elevate_import_exporter.elevate.deadline import WholeHead
+from elevate_import_exporter.metrics.lines import ImportFamily
 
 
 def test_prometheus_client_still_asks_a_family_for_its_restricted_self() -> None:

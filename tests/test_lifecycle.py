@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from elevate_import_exporter.app import Application
-from elevate_import_exporter.catalog import PURGE_EVERY
-from elevate_import_exporter.config import load_settings
-from elevate_import_exporter.poller import PROBE_ID
-from elevate_import_exporter.records import Query, Registration
+from elevate_import_exporter.core.records import Query, Registration
+from elevate_import_exporter.lifecycle.catalog import PURGE_EVERY
+from elevate_import_exporter.polling.poller import PROBE_ID
+from elevate_import_exporter.settings.config import load_settings
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import REPO, SIM_KEY, ExporterProcessFor, exporter_env
 from tests.support import free_port, ids_in_every_series, scrape, scrape_text, wait_until

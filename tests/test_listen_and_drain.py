@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from elevate_import_exporter import web
 from elevate_import_exporter.app import Application
-from elevate_import_exporter.config import load_settings
+from elevate_import_exporter.settings.config import load_settings
 from elevate_import_exporter.simulator import Simulator
+from elevate_import_exporter.site import web
 from tests.conftest import SIM_KEY, ExporterFor, ExporterProcess, ExporterProcessFor
 from tests.support import Scrape, free_port, wait_until
 

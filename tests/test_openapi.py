@@ -17,7 +17,11 @@ from tests.conftest import SIM_KEY
 from tests.support import Exporters, missing
 
 DOCUMENT = (
-    Path(__file__).resolve().parent.parent / "exporter" / "elevate_import_exporter" / "openapi.json"
+    Path(__file__).resolve().parent.parent
+    / "exporter"
+    / "elevate_import_exporter"
+    / "site"
+    / "openapi.json"
 )
 # Examples per operation and generation phase: enough to reach every keyword of the
 # document, few enough to run in well under a minute.

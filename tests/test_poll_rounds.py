@@ -20,15 +20,15 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.api import StatusApi, flavour_named
 from elevate_import_exporter.app import Application as Exporter
-from elevate_import_exporter.holds import MAX_RETRY_AFTER_HOLD, Holds
-from elevate_import_exporter.model import ApiError
-from elevate_import_exporter.poller import Poller
-from elevate_import_exporter.secret import Secret
+from elevate_import_exporter.core.model import ApiError
+from elevate_import_exporter.core.secret import Secret
+from elevate_import_exporter.elevate.api import StatusApi, flavour_named
+from elevate_import_exporter.elevate.holds import MAX_RETRY_AFTER_HOLD, Holds
+from elevate_import_exporter.elevate.transport import Transport
+from elevate_import_exporter.polling.poller import Poller
+from elevate_import_exporter.polling.sources import MemoryIds, TrackedIds
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from elevate_import_exporter.sources import MemoryIds, TrackedIds
-from elevate_import_exporter.transport import Transport
 from tests.conftest import SIM_KEY, ExporterFor
 from tests.support import Scrape, scrape, wait_until
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from elevate_import_exporter.poller import PROBE_ID
+from elevate_import_exporter.polling.poller import PROBE_ID
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import ExporterFor
 from tests.support import scrape

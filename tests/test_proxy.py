@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from elevate_import_exporter.proxy import ImportProxy
-from elevate_import_exporter.proxy_metrics import ProxyCollector
-from elevate_import_exporter.records import Registration
+from elevate_import_exporter.core.records import Registration
+from elevate_import_exporter.proxy.metrics import ProxyCollector
+from elevate_import_exporter.proxy.server import ImportProxy
 from elevate_import_exporter.simulator import Simulator
 from tests.support import Scrape, wait_until
 from tests.upstream import Send, Trickle, Upstream, answer

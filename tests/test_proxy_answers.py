@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from elevate_import_exporter.proxy_tracking import (
+from elevate_import_exporter.proxy.tracking import (
     MAX_PARSED_BYTES,
     accepted_import,
     answer_document,

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import bcrypt
 import pytest
 
+from elevate_import_exporter.httpd.webconfig import HttpServerConfig, WebConfig
 from elevate_import_exporter.simulator import Simulator
-from elevate_import_exporter.webconfig import HttpServerConfig, WebConfig
 from tests.support import free_port, wait_until
 from tests.test_proxy import FEED, KEY, ProxyTo, send, started_proxies
 from tests.upstream import Hang, Send, Upstream, answer

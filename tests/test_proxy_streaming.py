@@ -29,7 +29,7 @@ PATH = "/api/v2/import/products"
 # registration it is handed is printed as a JSON line.
 PROXY_PROCESS = """
 import json, sys
-from elevate_import_exporter.proxy import ImportProxy
+from elevate_import_exporter.proxy.server import ImportProxy
 
 def register(registrations, source):
     for r in registrations:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import trustme
 
-from elevate_import_exporter.tls import TlsProvider
-from elevate_import_exporter.webconfig import TlsServerConfig
+from elevate_import_exporter.httpd.tls import TlsProvider
+from elevate_import_exporter.httpd.webconfig import TlsServerConfig
 from tests.test_proxy import FEED, KEY, ProxyTo, started_proxies
 
 PATH = "/api/v2/import/products"

@@ -15,9 +15,9 @@ from typing import Any
 import bcrypt
 import pytest
 
-from elevate_import_exporter.records import ImportRecord, Query, Registration
-from elevate_import_exporter.restapi import DISABLED, Request, RestApi
+from elevate_import_exporter.core.records import ImportRecord, Query, Registration
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
+from elevate_import_exporter.site.restapi import DISABLED, Request, RestApi
 from tests.conftest import SIM_KEY, ExporterFor
 from tests.support import Exporters, Scrape, scrape
 

@@ -9,7 +9,7 @@ import urllib.request
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from elevate_import_exporter.exposition import MAX_SHARED, Renderer
+from elevate_import_exporter.metrics.exposition import MAX_SHARED, Renderer
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import ExporterFor
 from tests.support import Scrape, wait_until

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from elevate_import_exporter import connections, web
-from elevate_import_exporter.framing import MAX_BODY_BYTES
+from elevate_import_exporter.httpd import connections
+from elevate_import_exporter.httpd.framing import MAX_BODY_BYTES
+from elevate_import_exporter.site import web
 from tests.support import BareSite, wait_until
 
 

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from elevate_import_exporter.poller import PROBE_ID
+from elevate_import_exporter.polling.poller import PROBE_ID
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import SIM_KEY, ExporterFor
 from tests.support import Scrape, scrape

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from elevate_import_exporter.model import RequestRecord as Request
-from elevate_import_exporter.stats import RequestStats
+from elevate_import_exporter.core.model import RequestRecord as Request
+from elevate_import_exporter.metrics.stats import RequestStats
 from tests.support import ERROR_REASONS
 
 # The Prometheus client library's default buckets (Histogram.DEFAULT_BUCKETS without +Inf).

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from pytest_httpserver import HTTPServer
 
 from elevate_import_exporter.cli import cli
-from elevate_import_exporter.config import ConfigError, load_settings
+from elevate_import_exporter.settings.config import ConfigError, load_settings
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import EXPORTER_ENV, ExporterProcess, ExporterProcessFor
 from tests.support import Scrape, wait_until

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from elevate_import_exporter.config import ConfigError, load_settings
+from elevate_import_exporter.settings.config import ConfigError, load_settings
 from elevate_import_exporter.simulator import Simulator
 from tests.conftest import REPO, SIM_KEY, ExporterProcess, ExporterProcessFor, exporter_env
 from tests.support import free_port, wait_until

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from elevate_import_exporter.model import API_FLAVOURS
+from elevate_import_exporter.core.model import API_FLAVOURS
 from elevate_import_exporter.simulator import (
     SIMULATED_APIS,
     ScenarioError,

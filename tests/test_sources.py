@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from elevate_import_exporter.sources import (
+from elevate_import_exporter.polling.sources import (
     FixedIds,
     IdSource,
     MemoryIds,
@@ -15,7 +15,7 @@ from elevate_import_exporter.sources import (
     TrackedIds,
 )
 
-SOURCES_LOGGER = "elevate_import_exporter.sources"
+SOURCES_LOGGER = "elevate_import_exporter.polling.sources"
 
 
 def source_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from elevate_import_exporter.model import DOCUMENTED_STATUSES, FINAL_STATUSES
-from elevate_import_exporter.records import SOURCES, ImportRecord, Query
-from elevate_import_exporter.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
+from elevate_import_exporter.core.model import DOCUMENTED_STATUSES, FINAL_STATUSES
+from elevate_import_exporter.core.records import SOURCES, ImportRecord, Query
+from elevate_import_exporter.lifecycle.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 from tests.support import finishes, need_tool
 
 Fingerprint = tuple[str, int, int, int, list[str]]
@@ -33,8 +33,8 @@ Fingerprint = tuple[str, int, int, int, list[str]]
 # shell does to the file, which a second Store in this process could not show.
 PRELUDE = """
 import json, os, sys
-from elevate_import_exporter.records import ImportRecord
-from elevate_import_exporter.store import Store, StoreError
+from elevate_import_exporter.core.records import ImportRecord
+from elevate_import_exporter.lifecycle.store import Store, StoreError
 path = sys.argv[1]
 """
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from elevate_import_exporter.web import DRAIN_SECONDS
+from elevate_import_exporter.site.web import DRAIN_SECONDS
 from tests.conftest import EXPORTER_ENV, REPO, SIM_KEY
 from tests.support import Scrape, free_port, need_tool, stop_process, wait_until
 

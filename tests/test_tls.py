@@ -18,9 +18,9 @@ import pytest
 import requests
 import trustme
 
-from elevate_import_exporter.connections import Connections
-from elevate_import_exporter.tls import TlsProvider, peer_sans, server_context
-from elevate_import_exporter.webconfig import TlsServerConfig, WebConfigError, load_web_config
+from elevate_import_exporter.httpd.connections import Connections
+from elevate_import_exporter.httpd.tls import TlsProvider, peer_sans, server_context
+from elevate_import_exporter.httpd.webconfig import TlsServerConfig, WebConfigError, load_web_config
 from tests.support import need_tool, wait_until
 
 SCRAPER = "scraper.example"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from elevate_import_exporter.model import ERROR_REASONS
-from elevate_import_exporter.poller import ROUND_REASONS
+from elevate_import_exporter.core.model import ERROR_REASONS
+from elevate_import_exporter.polling.poller import ROUND_REASONS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "troubleshooting.md"
 

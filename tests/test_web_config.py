@@ -12,7 +12,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from elevate_import_exporter.webconfig import (
+from elevate_import_exporter.httpd.webconfig import (
     WebConfigError,
     WebConfigWatcher,
     load_web_config,
@@ -266,7 +266,7 @@ def test_a_file_that_turns_bad_keeps_the_last_good_config_with_one_warning(
     path = write(conf, f"basic_auth_users:\n  alice: '{HASH}'\n")
     watcher = WebConfigWatcher(path, check_interval=0)
     good = watcher.current()
-    with caplog.at_level(logging.WARNING, logger="elevate_import_exporter.webconfig"):
+    with caplog.at_level(logging.WARNING, logger="elevate_import_exporter.httpd.webconfig"):
         write(conf, "basic_auth_users:\n  alice: plain\n")
         assert watcher.current() is good
         write(conf, "basic_auth_users:\n  alice: still plain\n")

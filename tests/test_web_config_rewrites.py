@@ -265,7 +265,7 @@ def test_tls_removed_at_runtime_stays_on_until_a_restart_with_a_warning(
 def test_client_certificates_dropped_from_the_file_are_held_like_users(
     tmp_path: Path, certificates: trustme.CA
 ) -> None:
-    from elevate_import_exporter.webconfig import WebConfigWatcher
+    from elevate_import_exporter.httpd.webconfig import WebConfigWatcher
 
     strict = TLS + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n"
     config = tmp_path / "web-config.yml"

@@ -27,7 +27,7 @@ import bcrypt
 import pytest
 import trustme
 
-from elevate_import_exporter.web import HEADER_TIMEOUT, MAX_THREADS
+from elevate_import_exporter.site.web import HEADER_TIMEOUT, MAX_THREADS
 from tests.conftest import REPO, SIM_KEY, ExporterFor, exporter_env
 from tests.support import free_port, stop_process, wait_until
 

@@ -18,21 +18,21 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from elevate_import_exporter.api import status_api
-from elevate_import_exporter.catalog import Catalog, live_states, registered_sources
-from elevate_import_exporter.collector import ImportCollector
-from elevate_import_exporter.config import Settings
-from elevate_import_exporter.idsfile import IdsFile
-from elevate_import_exporter.model import id_rule
-from elevate_import_exporter.poller import PROBE_ID, Poller, Snapshot
-from elevate_import_exporter.proxy import ImportProxy
-from elevate_import_exporter.proxy_metrics import ProxyCollector
-from elevate_import_exporter.sources import FixedIds, IdSource, TrackedIds
-from elevate_import_exporter.stats import RequestStats
-from elevate_import_exporter.store import Store
-from elevate_import_exporter.tls import TlsProvider
-from elevate_import_exporter.web import DEFAULT_BUDGET, DRAIN_SECONDS, HttpServer
-from elevate_import_exporter.webconfig import WebConfigWatcher
+from elevate_import_exporter.core.model import id_rule
+from elevate_import_exporter.elevate.api import status_api
+from elevate_import_exporter.httpd.tls import TlsProvider
+from elevate_import_exporter.httpd.webconfig import WebConfigWatcher
+from elevate_import_exporter.lifecycle.catalog import Catalog, live_states, registered_sources
+from elevate_import_exporter.lifecycle.store import Store
+from elevate_import_exporter.metrics.collector import ImportCollector
+from elevate_import_exporter.metrics.stats import RequestStats
+from elevate_import_exporter.polling.idsfile import IdsFile
+from elevate_import_exporter.polling.poller import PROBE_ID, Poller, Snapshot
+from elevate_import_exporter.polling.sources import FixedIds, IdSource, TrackedIds
+from elevate_import_exporter.proxy.metrics import ProxyCollector
+from elevate_import_exporter.proxy.server import ImportProxy
+from elevate_import_exporter.settings.config import Settings
+from elevate_import_exporter.site.web import DEFAULT_BUDGET, DRAIN_SECONDS, HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ HEALTH_PATHS = ("/-/healthy", "/-/ready")
 class Application:
     """A running exporter: ``poll``, ``snapshot``, ``serve_forever`` or ``start``, ``stop``.
 
-    Raises :class:`~elevate_import_exporter.idsfile.IdsFileError` or
-    :class:`~elevate_import_exporter.listeners.ListenError` when it cannot start.
+    Raises :class:`~elevate_import_exporter.polling.idsfile.IdsFileError` or
+    :class:`~elevate_import_exporter.httpd.listeners.ListenError` when it cannot start.
     """
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:

@@ -1,6 +1,6 @@
 """The command line: ``run``, ``demo``, ``simulate``, ``status`` and ``track``.
 
-Only ``cli`` imports click. Flags are built from :mod:`elevate_import_exporter.options`'
+Only ``cli`` imports click. Flags are built from :mod:`elevate_import_exporter.settings.options`'
 table and handed over as raw strings; the configuration decides what a good value is.
 Errors of the core become exit status 2 here, and logging is configured here once. One
 module per command group; ``common`` holds what they share.

@@ -15,15 +15,15 @@ from urllib.parse import urlsplit
 import click
 from click.core import ParameterSource
 
-from elevate_import_exporter import logs
-from elevate_import_exporter.config import (
+from elevate_import_exporter.core import logs
+from elevate_import_exporter.settings.config import (
     ConfigError,
     Settings,
     choice,
     load_settings,
     parse_listen_address,
 )
-from elevate_import_exporter.options import LOG_OPTIONS, RUN_OPTIONS, Option
+from elevate_import_exporter.settings.options import LOG_OPTIONS, RUN_OPTIONS, Option
 from elevate_import_exporter.simulator import ScriptedImport, Simulator
 
 log = logging.getLogger("elevate_import_exporter")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from elevate_import_exporter import __version__, logs
+from elevate_import_exporter import __version__
 from elevate_import_exporter.app import Application
 from elevate_import_exporter.cli.common import (
     SetupError,
@@ -22,11 +22,13 @@ from elevate_import_exporter.cli.common import (
     settings_from,
     warn_about,
 )
-from elevate_import_exporter.config import Settings
-from elevate_import_exporter.idsfile import IdsFileError
-from elevate_import_exporter.listeners import ListenError
-from elevate_import_exporter.options import LOG_OPTIONS, RUN_OPTIONS
-from elevate_import_exporter.restapi import IMPORTS
+from elevate_import_exporter.core import logs
+from elevate_import_exporter.httpd.listeners import ListenError
+from elevate_import_exporter.httpd.webconfig import WebConfigError
+from elevate_import_exporter.lifecycle.store import StoreError
+from elevate_import_exporter.polling.idsfile import IdsFileError
+from elevate_import_exporter.settings.config import Settings
+from elevate_import_exporter.settings.options import LOG_OPTIONS, RUN_OPTIONS
 from elevate_import_exporter.simulator import (
     DEMO_UNKNOWN_ID,
     STATUS_PATH,
@@ -34,8 +36,7 @@ from elevate_import_exporter.simulator import (
     demo_feeds,
     demo_imports,
 )
-from elevate_import_exporter.store import StoreError
-from elevate_import_exporter.webconfig import WebConfigError
+from elevate_import_exporter.site.restapi import IMPORTS
 
 SIMULATOR_LISTEN_ADDRESS = "127.0.0.1:10026"
 DEMO_PROXY_LISTEN_ADDRESS = "127.0.0.1:10027"

@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from elevate_import_exporter import logs
 from elevate_import_exporter.cli.common import (
     SetupError,
     flag,
@@ -20,9 +19,10 @@ from elevate_import_exporter.cli.common import (
     serve_until_stopped,
 )
 from elevate_import_exporter.cli.exporter import SIMULATOR_LISTEN_ADDRESS
-from elevate_import_exporter.config import ConfigError, check_key, read_key_file
-from elevate_import_exporter.model import API_FLAVOURS
-from elevate_import_exporter.options import LOG_OPTIONS
+from elevate_import_exporter.core import logs
+from elevate_import_exporter.core.model import API_FLAVOURS
+from elevate_import_exporter.settings.config import ConfigError, check_key, read_key_file
+from elevate_import_exporter.settings.options import LOG_OPTIONS
 from elevate_import_exporter.simulator import (
     IMPORT_ENDPOINTS,
     SCENARIO_FORMAT,

@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from elevate_import_exporter import logs
 from elevate_import_exporter.cli.common import (
     SetupError,
     flags,
@@ -20,10 +19,10 @@ from elevate_import_exporter.cli.common import (
     settings_from,
     warn_about,
 )
-from elevate_import_exporter.config import Settings, parse_duration
-from elevate_import_exporter.model import WHOLE_KEY_HINTS
-from elevate_import_exporter.options import LOG_OPTIONS
-from elevate_import_exporter.status import (
+from elevate_import_exporter.cli.status_view import LiveView, View, duration, make_view
+from elevate_import_exporter.core import logs
+from elevate_import_exporter.core.model import WHOLE_KEY_HINTS
+from elevate_import_exporter.polling.status import (
     MAX_INTERVAL,
     MAX_TIMEOUT,
     MIN_INTERVAL,
@@ -33,7 +32,8 @@ from elevate_import_exporter.status import (
     open_api,
     watch,
 )
-from elevate_import_exporter.status_view import LiveView, View, duration, make_view
+from elevate_import_exporter.settings.config import Settings, parse_duration
+from elevate_import_exporter.settings.options import LOG_OPTIONS
 
 # The settings of `run` that a status check uses: where Elevate is, the key, the flavour
 # and how to ask. Ids come as arguments.

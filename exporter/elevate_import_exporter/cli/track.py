@@ -16,11 +16,9 @@ import click
 
 from elevate_import_exporter import __version__
 from elevate_import_exporter.cli.common import SetupError
-from elevate_import_exporter.config import ConfigError, parse_duration
-from elevate_import_exporter.files import UnreadableFile, read_regular_file, read_text_file
-from elevate_import_exporter.model import one_line
-from elevate_import_exporter.options import parse_http_url, shown_url
-from elevate_import_exporter.track import (
+from elevate_import_exporter.core.files import UnreadableFile, read_regular_file, read_text_file
+from elevate_import_exporter.core.model import one_line
+from elevate_import_exporter.lifecycle.track import (
     CREDENTIAL_HINT,
     EXIT_UNREACHABLE,
     MAX_SHOWN,
@@ -33,6 +31,8 @@ from elevate_import_exporter.track import (
     track,
     usage,
 )
+from elevate_import_exporter.settings.config import ConfigError, parse_duration
+from elevate_import_exporter.settings.options import parse_http_url, shown_url
 
 PASSWORD_ENV = "ELEVATE_EXPORTER_PASSWORD"  # noqa: S105 (the variable's name, not a password)
 MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 600.0

@@ -14,7 +14,7 @@ pushes feeds to them (the demo's, through the import proxy).
 
 from __future__ import annotations
 
-from elevate_import_exporter.model import FINAL_STATUSES
+from elevate_import_exporter.core.model import FINAL_STATUSES
 from elevate_import_exporter.simulator.feeds import Feed, FeedJob, demo_feeds
 from elevate_import_exporter.simulator.httpd import ADMIN_STATUS_PATHS, SIMULATED_APIS, STATUS_PATH
 from elevate_import_exporter.simulator.imports import (

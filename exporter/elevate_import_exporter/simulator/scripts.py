@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from elevate_import_exporter.model import id_rule
+from elevate_import_exporter.core.model import id_rule
 
 # Shown by ``simulate --help``: the format above, short enough for a terminal.
 SCENARIO_FORMAT = """\

@@ -1,0 +1,349 @@
+"""Handing import ids to a running exporter: the core of the ``track`` command.
+
+Builds the ``POST /api/v1/imports`` requests (checking what can be checked here: empty
+ids, label keys) and sends them with bounded time and size. Only the exporter judges the
+ids: it alone knows the API flavour. Its answers are hostile input: read up to a limit,
+checked field by field, and any text of theirs shown as one cleaned line with the
+credentials masked.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from elevate_import_exporter.core.logs import redacting
+from elevate_import_exporter.core.model import one_line
+from elevate_import_exporter.core.records import Registration
+
+log = logging.getLogger(__name__)
+
+PATH = "/api/v1/imports"
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+# The exporter's limits per request: 1,000 imports and 1 MiB; a longer list goes in parts.
+MAX_PER_REQUEST = 1000
+MAX_REQUEST_BYTES = 1_000_000
+# What is read of an answer: 64 KiB, plus room for the exporter's line about each id sent.
+ANSWER_BYTES, ANSWER_BYTES_PER_ID = 64 * 1024, 1024
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 8.0
+MAX_SHOWN = 200
+LABEL_KEY = re.compile(r"[a-z_][a-z0-9_]*")
+LABEL_KEY_RULE = "a-z 0-9 _, not starting with a digit"
+CREDENTIAL_HINT = "--exporter.username with --exporter.password-file or ELEVATE_EXPORTER_PASSWORD"
+
+
+class TrackError(Exception):
+    """Why ids were not handed over, in one line, and the exit status that says so:
+    :data:`EXIT_USAGE` before any request, :data:`EXIT_REFUSED` for a 4xx or 3xx,
+    :data:`EXIT_UNREACHABLE` for no usable answer (``retry``: worth another attempt)."""
+
+    def __init__(self, message: str, exit_code: int, *, retry: bool = False) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.retry = retry
+
+
+def usage(message: str) -> TrackError:
+    return TrackError(message, EXIT_USAGE)
+
+
+def _unreachable(message: str, *, retry: bool) -> TrackError:
+    return TrackError(message, EXIT_UNREACHABLE, retry=retry)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the exporter's registration API is; ``shown`` is its base URL for messages."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    shown: str
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+    @property
+    def token(self) -> str:
+        return base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """How to reach the exporter. ``timeout`` bounds each attempt (connect, every read and
+    the whole exchange); ``retries`` more attempts follow connection problems and 5xx."""
+
+    endpoint: Endpoint
+    credentials: Credentials | None = None
+    tls: ssl.SSLContext | None = None
+    timeout: float = 10.0
+    retries: int = 2
+    user_agent: str = "elevate-import-exporter"
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    id: str
+    created: bool
+
+
+def registrations(
+    ids: Iterable[str], import_type: str = "", labels: Sequence[tuple[str, str]] = ()
+) -> list[Registration]:
+    """One registration per distinct id, each with ``import_type`` and ``labels``."""
+    keys = [key for key, _ in labels]
+    for key, value in labels:
+        if not LABEL_KEY.fullmatch(key):
+            raise usage(f"--label key {key[:100]!r} must be {LABEL_KEY_RULE}")
+        if keys.count(key) > 1:
+            raise usage(f"--label {key!r} is given more than once")
+        _check_text(value, f"--label {key}")
+    _check_text(import_type, "--type")
+    unique: dict[str, None] = {}
+    for position, import_id in enumerate(ids, 1):
+        if not import_id.strip():
+            raise usage(f"import id number {position} is empty")
+        _check_text(import_id, "an import id")
+        unique.setdefault(import_id)
+    return [Registration(i, import_type, tuple(sorted(labels))) for i in unique]
+
+
+def _check_text(value: str, name: str) -> None:
+    # Bytes that are not UTF-8 reach Python's argv as lone surrogates: no JSON can carry them.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise usage(f"{name} is not valid UTF-8 text: {value[:100]!r}") from None
+
+
+def request_bodies(items: Sequence[Registration]) -> Iterator[tuple[list[str], bytes]]:
+    """The request bodies for ``items``, each within the exporter's limits, with their ids.
+
+    One registration goes as a JSON object, several as an array.
+    """
+    batch: list[tuple[str, bytes]] = []
+    size = 2  # the brackets of an array; a comma before each item after the first
+    for item in items:
+        document: dict[str, object] = {"id": item.id}
+        if item.type:
+            document["type"] = item.type
+        if item.labels:
+            document["labels"] = dict(item.labels)
+        encoded = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        if batch and (len(batch) == MAX_PER_REQUEST or size + len(encoded) > MAX_REQUEST_BYTES):
+            yield _body(batch)
+            batch, size = [], 2
+        batch.append((item.id, encoded))
+        size += len(encoded) + 1
+    if batch:
+        yield _body(batch)
+
+
+def _body(batch: list[tuple[str, bytes]]) -> tuple[list[str], bytes]:
+    ids = [import_id for import_id, _ in batch]
+    if len(batch) == 1:
+        return ids, batch[0][1]
+    return ids, b"[" + b",".join(encoded for _, encoded in batch) + b"]"
+
+
+def track(client: Client, items: Sequence[Registration]) -> Iterator[list[Tracked]]:
+    """Register ``items``, one request after the other; what each request tracked.
+
+    Raises :class:`TrackError` at the first request that fails for good; what earlier
+    requests registered stays registered (registering again is harmless).
+    """
+    for ids, body in request_bodies(items):
+        yield _send(client, ids, body)
+
+
+def _send(client: Client, ids: list[str], body: bytes) -> list[Tracked]:
+    # Retrying is safe even when an answer was lost: registering a known id changes nothing.
+    attempt = 0
+    while True:
+        try:
+            return _interpret(client, ids, *_exchange(client, body, len(ids)))
+        except TrackError as exc:
+            if not exc.retry or attempt >= client.retries:
+                if attempt:
+                    raise _unreachable(f"{exc} ({attempt + 1} attempts)", retry=False) from None
+                raise
+            delay = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX)
+            log.debug("attempt %d failed (%s); again in %gs", attempt + 1, exc, delay)
+            time.sleep(delay)
+            attempt += 1
+
+
+def _exchange(client: Client, body: bytes, count: int) -> tuple[int, bytes, str]:
+    """The status, the start of the body and the Location header of the answer."""
+    endpoint = client.endpoint
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": client.user_agent,
+        "Connection": "close",
+    }
+    if client.credentials is not None:
+        headers["Authorization"] = "Basic " + client.credentials.token
+    connection: http.client.HTTPConnection
+    if endpoint.scheme == "https":
+        context = client.tls or ssl.create_default_context()
+        connection = http.client.HTTPSConnection(
+            endpoint.host, endpoint.port, timeout=client.timeout, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection(
+            endpoint.host, endpoint.port, timeout=client.timeout
+        )
+    cut = threading.Event()
+    # Socket timeouts bound each step; this bounds the sum, whatever the server trickles.
+    watchdog = threading.Timer(client.timeout, _cut, (connection, cut))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        connection.request("POST", endpoint.path, body=body, headers=headers)
+        response = connection.getresponse()
+        # One byte more than is kept, to tell an answer that is too large.
+        data = response.read(ANSWER_BYTES + ANSWER_BYTES_PER_ID * count + 1)
+        answer = response.status, data, response.getheader("Location") or ""
+    except (OSError, http.client.HTTPException) as exc:
+        raise _failure(client, exc, timed_out=cut.is_set()) from None
+    finally:
+        watchdog.cancel()
+        connection.close()
+    if cut.is_set():
+        # The answer may have been cut short by the watchdog: not to be trusted.
+        raise _failure(client, TimeoutError(), timed_out=True)
+    return answer
+
+
+def _cut(connection: http.client.HTTPConnection, cut: threading.Event) -> None:
+    cut.set()
+    # During the TLS handshake ``sock`` is still the plain socket: shutting it ends that too.
+    sock = connection.sock
+    if sock is not None:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _failure(client: Client, exc: BaseException, *, timed_out: bool) -> TrackError:
+    where = client.endpoint.shown
+    if timed_out or isinstance(exc, TimeoutError):
+        return _unreachable(f"{where} did not answer within {client.timeout:g}s", retry=True)
+    if isinstance(exc, ssl.SSLCertVerificationError) and not client.tls:
+        hint = " (trust a private CA with --exporter.ca-file)"
+        return _unreachable(f"TLS with {where} failed: {_why(exc)}{hint}", retry=False)
+    if isinstance(exc, ssl.SSLError):
+        return _unreachable(f"TLS with {where} failed: {_why(exc)}", retry=False)
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return _unreachable(f"{where} closed the connection without an answer", retry=True)
+    if isinstance(exc, http.client.HTTPException):
+        return _unreachable(f"{where} did not answer in HTTP ({type(exc).__name__})", retry=False)
+    if isinstance(exc, socket.gaierror):
+        return _unreachable(f"cannot resolve {client.endpoint.host}: {_why(exc)}", retry=True)
+    return _unreachable(f"no answer from {where}: {_why(exc)}", retry=True)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return exc.verify_message
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return one_line(str(exc), MAX_SHOWN) or type(exc).__name__
+
+
+def _interpret(
+    client: Client, ids: list[str], status: int, body: bytes, location: str
+) -> list[Tracked]:
+    where = client.endpoint.shown
+    if status in (200, 201):
+        return _tracked(client, ids, body)
+    if 300 <= status < 400:
+        location = _masked(client, location)
+        message = f"{where} answered {status}, a redirect to {location!r} (not followed)"
+        raise TrackError(message, EXIT_REFUSED)
+    detail = _detail(client, body)
+    if 400 <= status < 500:
+        message = f"{where} refused the registration with {status}: {detail}"
+        raise TrackError(message + _hint(client, status), EXIT_REFUSED)
+    if 500 <= status < 600:
+        raise _unreachable(f"{where} failed with {status}: {detail}", retry=True)
+    raise _unreachable(f"{where} answered the unexpected status {status}: {detail}", retry=False)
+
+
+def _hint(client: Client, status: int) -> str:
+    if status == 401 and client.credentials is None:
+        return f" (no credentials given: {CREDENTIAL_HINT})"
+    return {
+        401: " (check --exporter.username and the password)",
+        404: " (is this the exporter's base URL, and does it have /api/v1/imports?)",
+    }.get(status, "")
+
+
+def _tracked(client: Client, ids: list[str], body: bytes) -> list[Tracked]:
+    def bad(why: str) -> TrackError:
+        start = _masked(client, body.decode("utf-8", "replace"))
+        return _unreachable(f"{client.endpoint.shown} answered with {why}: {start}", retry=False)
+
+    if len(body) > ANSWER_BYTES + ANSWER_BYTES_PER_ID * len(ids):
+        raise bad("an answer too large to read")
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise bad("something that is not JSON") from None
+    imports = document.get("imports") if isinstance(document, dict) else None
+    if not isinstance(imports, list):
+        raise bad('JSON without an "imports" list')
+    created = {
+        item["id"]: item["created"]
+        for item in imports
+        if isinstance(item, dict)
+        and isinstance(item.get("id"), str)
+        and isinstance(item.get("created"), bool)
+    }
+    missing = [import_id for import_id in ids if import_id not in created]
+    if missing:
+        raise bad(
+            f"no word on {len(missing)} of the ids sent, {one_line(missing[0], MAX_SHOWN)!r} first"
+        )
+    return [Tracked(import_id, created[import_id]) for import_id in ids]
+
+
+def _detail(client: Client, body: bytes) -> str:
+    """The exporter's error, ``{"error": ..., "field": ...}``, or the start of its body."""
+    with suppress(ValueError, RecursionError):
+        document = json.loads(body.decode("utf-8"))
+        if isinstance(document, dict) and isinstance(document.get("error"), str):
+            text = _masked(client, document["error"]) or "(no message)"
+            name = document.get("field")
+            if isinstance(name, str) and name:
+                text += f" (field {_masked(client, name[:64])})"
+            return text
+    # Masked before it is cut: a cut must not leave the start of a password to show.
+    return _masked(client, body.decode("utf-8", "replace")) or "(empty answer)"
+
+
+def _masked(client: Client, text: str) -> str:
+    """``text`` from the exporter on one line, with our credentials masked: a hostile or
+    broken server may echo them into a log that others read."""
+    credentials = client.credentials
+    if credentials is not None:
+        # Escaped forms too (URL, HTML, JSON, nested, any case): each is the password to
+        # whoever reads the CI log.
+        text = redacting((credentials.token, credentials.password), "********")(text)
+    return one_line(text, MAX_SHOWN)

@@ -1,0 +1,213 @@
+"""The custom collector: fresh metric families on every scrape, from the poller's state
+(the lines of final imports are kept: lines.py)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator, Mapping
+from typing import Protocol
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from elevate_import_exporter import __version__
+from elevate_import_exporter.metrics.lines import FinalLines, import_families
+from elevate_import_exporter.metrics.stats import (
+    LATENCY_BUCKETS,
+    ApiStats,
+    RequestStats,
+    cumulative_buckets,
+)
+from elevate_import_exporter.polling.poller import RoundResult, Snapshot
+
+
+class IdCounts(Protocol):
+    """What the collector reads of the tracked ids (:class:`~.sources.TrackedIds`)."""
+
+    @property
+    def refused(self) -> int: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+
+class Lifecycle(Protocol):
+    """What the collector reads of registrations and retirements (:class:`~.catalog.Catalog`)."""
+
+    @property
+    def registrations(self) -> Mapping[str, int]: ...
+
+    @property
+    def retired_counts(self) -> Mapping[str, int]: ...
+
+    @property
+    def skipped_rows(self) -> int: ...
+
+
+class Snapshots(Protocol):
+    """What the collector reads of the poller (:class:`~.poller.Poller`)."""
+
+    def snapshot(self) -> Snapshot: ...
+
+
+class ImportCollector(Collector):
+    def __init__(
+        self,
+        poller: Snapshots,
+        stats: RequestStats,
+        ids: IdCounts | None = None,
+        lifecycle: Lifecycle | None = None,
+    ) -> None:
+        self._poller = poller
+        self._stats = stats
+        self._ids = ids
+        self._lifecycle = lifecycle
+        # The lines of final imports, rendered once (see lines.py).
+        self.final_lines = FinalLines()
+
+    def describe(self) -> Iterator[Metric]:
+        # The same families without samples: lets the registry refuse a clashing
+        # collector without running a poll.
+        yield from _families(Snapshot({}, None), RequestStats().snapshot(), FinalLines())
+        if self._ids is not None:
+            yield from _source_families(0, {})
+        if self._lifecycle is not None:
+            yield from _lifecycle_families({}, {}, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _families(self._poller.snapshot(), self._stats.snapshot(), self.final_lines)
+        if self._ids is not None:
+            yield from _source_families(self._ids.refused, self._ids.counts())
+        if self._lifecycle is not None:
+            lifecycle = self._lifecycle
+            yield from _lifecycle_families(
+                lifecycle.registrations, lifecycle.retired_counts, lifecycle.skipped_rows
+            )
+
+
+def _families(snapshot: Snapshot, api: ApiStats, final: FinalLines) -> Iterator[Metric]:
+    yield from import_families(snapshot.imports, final)
+    yield _failure_family(snapshot)
+    yield from _round_families(snapshot.last_round, len(snapshot.imports))
+    yield from _api_families(api)
+    yield _build_info()
+
+
+def _failure_family(snapshot: Snapshot) -> Metric:
+    # Only the ids without an answer: few while Elevate answers, and what a per-id alert
+    # needs to say why.
+    family = GaugeMetricFamily(
+        "elevate_import_poll_failure",
+        "1 for each id whose latest poll round got no valid answer, by why: an error reason "
+        "of elevate_import_api_errors_total, deadline, not_sent or retry_after.",
+        labels=["id", "reason"],
+    )
+    for import_id, state in snapshot.imports.items():
+        if state.failure is not None and not state.poll_success:
+            family.add_metric([import_id, state.failure], 1.0)
+    return family
+
+
+def _round_families(last_round: RoundResult | None, tracked: int) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "elevate_import_tracked_imports", "Number of import ids tracked.", value=tracked
+    )
+    up = GaugeMetricFamily(
+        "elevate_import_up",
+        "1 if this scrape's poll got valid answers for every id it queried, else 0.",
+    )
+    reachable = GaugeMetricFamily(
+        "elevate_import_api_reachable",
+        "1 if the latest poll round got a valid answer for at least one id (with nothing to "
+        "ask: the latest probe of the key did), else 0; what ElevateApiUnreachable watches.",
+    )
+    duration = GaugeMetricFamily(
+        "elevate_import_scrape_duration_seconds", "How long this scrape's poll round took."
+    )
+    if last_round is not None:
+        up.add_metric([], 1.0 if last_round.up else 0.0)
+        reachable.add_metric([], 1.0 if last_round.reachable else 0.0)
+        duration.add_metric([], last_round.seconds)
+    yield from (up, reachable, duration)
+
+
+def _source_families(refused: int, counts: Mapping[str, int]) -> Iterator[Metric]:
+    by_source = GaugeMetricFamily(
+        "elevate_import_source_imports",
+        "Number of import ids tracked, by the source they come from "
+        "(an id in several sources counts for the first).",
+        labels=["source"],
+    )
+    for source, count in counts.items():
+        by_source.add_metric([source], count)
+    yield by_source
+    yield GaugeMetricFamily(
+        "elevate_import_refused_imports",
+        "Number of import ids not tracked because --imports.max-tracked was reached.",
+        value=refused,
+    )
+
+
+def _lifecycle_families(
+    registrations: Mapping[str, int], retired: Mapping[str, int], skipped: int
+) -> Iterator[Metric]:
+    registered = CounterMetricFamily(
+        "elevate_import_registrations",
+        "Registrations over /api/v1/imports and by the proxy: ids created or known already, "
+        "and requests refused as invalid, disabled or failed (the store could not take them).",
+        labels=["result"],
+    )
+    for result, count in registrations.items():
+        registered.add_metric([result], count)
+    retired_total = CounterMetricFamily(
+        "elevate_import_retired",
+        "Imports retired (their series left the metrics) after --imports.retention, by the "
+        "status they had.",
+        labels=["status"],
+    )
+    for status, count in retired.items():
+        retired_total.add_metric([status], count)
+    yield from (registered, retired_total)
+    yield GaugeMetricFamily(
+        "elevate_import_store_skipped_rows",
+        "Damaged rows of the store skipped at start-up; they stay in the file untouched, and "
+        "the log names each.",
+        value=skipped,
+    )
+
+
+def _api_families(api: ApiStats) -> Iterator[Metric]:
+    requests = CounterMetricFamily(
+        "elevate_import_api_requests_total",
+        "Status requests sent to Elevate, by HTTP status code, 'timeout' or 'connection_error'.",
+        labels=["code"],
+    )
+    for code, count in sorted(api.requests.items()):
+        requests.add_metric([code], count)
+    errors = CounterMetricFamily(
+        "elevate_import_api_errors",
+        "Failed status requests to Elevate, by reason.",
+        labels=["reason"],
+    )
+    for reason, count in sorted(api.errors.items()):
+        errors.add_metric([reason], count)
+    latency = HistogramMetricFamily(
+        "elevate_import_api_request_duration_seconds", "Latency of status requests to Elevate."
+    )
+    buckets = cumulative_buckets(LATENCY_BUCKETS, api.bucket_counts)
+    latency.add_metric([], buckets, api.latency_sum)
+    yield from (requests, errors, latency)
+
+
+def _build_info() -> Metric:
+    family = GaugeMetricFamily(
+        "elevate_import_exporter_build_info",
+        "Always 1; the exporter's version and the Python it runs on.",
+        labels=["version", "python_version"],
+    )
+    family.add_metric([__version__, platform.python_version()], 1.0)
+    return family

@@ -1,0 +1,282 @@
+"""The import proxy: feed jobs send their imports here, they go on to Elevate unchanged, and
+every import id in a ``202 Accepted`` answer is registered for tracking.
+
+Basic auth of the web config, if it has users, guards the proxy as it guards the exporter;
+the credentials stay here. The client's ``Api-Key`` goes to Elevate as sent and nowhere
+else: no log line, label or metric holds a header's value, except the label header's.
+Tracking happens after the client has its whole answer, and never changes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from elevate_import_exporter.core.logs import redacting
+from elevate_import_exporter.core.model import id_rule
+from elevate_import_exporter.core.records import Registration
+from elevate_import_exporter.httpd.auth import CHALLENGE, RETRY_AFTER, BasicAuth, Verdict
+from elevate_import_exporter.httpd.handshake import ServerTls
+from elevate_import_exporter.httpd.webconfig import WebConfig
+from elevate_import_exporter.proxy.accept import Acceptor, Connection
+from elevate_import_exporter.proxy.exchange import Client, Exchange, Outcome, send_error
+from elevate_import_exporter.proxy.http1 import (
+    BadRequest,
+    ClientGone,
+    RequestHead,
+    parse_head,
+    read_head,
+)
+from elevate_import_exporter.proxy.stats import ProxyStats
+from elevate_import_exporter.proxy.tracking import (
+    accepted_import,
+    answer_document,
+    label_key,
+    labels,
+    metric_type,
+    outcome,
+)
+from elevate_import_exporter.proxy.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+# Seconds from accepting a connection until its request head must be complete.
+HEADER_TIMEOUT = 10.0
+# Seconds a kept-alive connection may wait for its next request.
+IDLE_TIMEOUT = 30.0
+# Connections (and so threads) at once; beyond it new ones wait in the listen backlog.
+MAX_CONNECTIONS = 64
+# Headers whose values are secrets: never a label, whatever --proxy.label-header says.
+SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", "cookie"})
+# Pieces of a request's secrets shorter than this are not looked for in its answer: a
+# password "P" would take every P out of a type, and shows little in any case.
+MIN_SECRET_CHARS = 4
+_NO_WEB_CONFIG = WebConfig()
+
+Register = Callable[[Sequence[Registration], str], list[bool]]
+
+
+class ImportProxy:
+    """Forwards every request on ``addresses`` to ``upstream`` (Elevate's base URL) and
+    hands the import ids of its 202 answers to ``register(registrations, "proxy")``.
+
+    ``timeout`` bounds connecting to Elevate, waiting for its answer, and each read and
+    write of a body either way (a client's body: also :data:`proxy_http.BODY_IDLE_SECONDS`
+    and a minimum rate). ``api``: the Elevate API flavour (``--elevate.api``), whose rule
+    an id must follow to be tracked. ``label_header``: the request header whose value labels
+    the imports tracked (empty: none). ``web_config``: gives the current web config
+    (basic auth users, extra answer headers), asked once a request.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[tuple[str, int]],
+        upstream: str,
+        *,
+        register: Register,
+        timeout: float,
+        label_header: str,
+        web_config: Callable[[], WebConfig] | None = None,
+        tls: ServerTls | None = None,
+        ca_bundle: str | None = None,
+        header_timeout: float = HEADER_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        api: str = "web-v2",
+    ) -> None:
+        self.stats = ProxyStats()
+        # Ids enter here as they enter everywhere else: by the configured API's rule.
+        self._valid_id, self._id_rule = id_rule(api)
+        self._api = api
+        self._upstream = Upstream(upstream, timeout=timeout, ca_bundle=ca_bundle)
+        self._register = register
+        if label_header.lower() in SECRET_HEADERS:
+            log.warning("proxy: %s is not used as a label: its value is a secret", label_header)
+            label_header = ""
+        self._label_header = label_header
+        self._label_key = label_key(label_header) if label_header else ""
+        self._web_source = web_config or (lambda: _NO_WEB_CONFIG)
+        self._web_lock = threading.Lock()
+        self._web: tuple[WebConfig, BasicAuth | None] = (_NO_WEB_CONFIG, None)
+        self._acceptor = Acceptor(
+            addresses,
+            self._serve,
+            tls=tls,
+            header_timeout=header_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+        )
+        self.ports = self._acceptor.ports
+
+    @property
+    def draining(self) -> bool:
+        return self._acceptor.draining
+
+    def serve_forever(self) -> None:
+        """Accept connections until :meth:`shutdown`, or until a drain has ended."""
+        self._acceptor.serve_forever()
+
+    def drain(self, seconds: float) -> None:
+        """Take no new request; ``serve_forever`` returns once those being forwarded are
+        over, or after ``seconds``. Safe from another thread and from a signal handler."""
+        self._acceptor.drain(seconds)
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever`` (from another thread) and wait until it has returned."""
+        self._acceptor.shutdown()
+
+    def close(self) -> None:
+        """Close the listeners and cut every connection, those being forwarded too."""
+        self._acceptor.close()
+
+    # -- connection threads -----------------------------------------------------------
+
+    def _serve(self, conn: Connection) -> None:
+        client = Client(conn.sock, conn.peer, self._upstream.timeout, conn.clock)
+        try:
+            while conn.await_request():
+                try:
+                    data = read_head(client.reader)
+                except BadRequest as exc:  # a head too large
+                    self.stats.started()
+                    send_error(client, exc.status, exc.message, self._extra_headers())
+                    self.stats.answered("other", exc.status, 0.0)
+                    conn.linger = True
+                    return
+                if data is None or not conn.begin_request():
+                    return
+                keep = self._request(client, data)
+                if not keep:
+                    conn.linger = True
+                    return
+        except ClientGone as exc:
+            log.debug("proxy %s: connection ended: %s", conn.peer, exc)
+        finally:
+            with contextlib.suppress(OSError):
+                client.reader.close()
+
+    def _request(self, client: Client, data: bytes) -> bool:
+        """Answer one request; True if the connection may carry another."""
+        started = time.monotonic()
+        self.stats.started()
+        method, code = "other", 400
+        try:
+            head = parse_head(data)
+            method, code = head.method, 500
+            result = self._forward(client, head)
+            code = result.code
+        except BadRequest as exc:
+            send_error(client, exc.status, exc.message, self._extra_headers())
+            code = exc.status
+            return False
+        finally:
+            self.stats.answered(method, code, time.monotonic() - started)
+        log.debug(
+            "proxy %s %s %s -> %d in %.3f s",
+            client.peer,
+            head.method,
+            head.path,
+            code,
+            time.monotonic() - started,
+        )
+        self._track(head, result)
+        return result.keep_alive
+
+    def _forward(self, client: Client, head: RequestHead) -> Outcome:
+        config, auth = self._web_config()
+        extra = tuple(config.http.headers.items())
+        drop: frozenset[str] = frozenset()
+        if auth is not None:
+            verdict = auth.verify(head.get("authorization"))
+            if verdict is Verdict.BUSY:
+                # Too many password checks at once (a flood of wrong ones): shed this one
+                # rather than let it wait behind them.
+                more = [("Retry-After", str(RETRY_AFTER))]
+                send_error(client, 429, "Too many password checks at once.", extra, more)
+                return Outcome(429)
+            if verdict is not Verdict.GRANTED:
+                more = [("WWW-Authenticate", CHALLENGE)]
+                send_error(client, 401, "Unauthorized.", extra, more)
+                return Outcome(401)
+            drop = frozenset({"authorization"})  # the proxy's credentials, not Elevate's
+        exchange = Exchange(self._upstream, self.stats, client, head, extra=extra, drop=drop)
+        return exchange.run(closing=lambda: self.draining)
+
+    def _track(self, head: RequestHead, result: Outcome) -> None:
+        """Count an import request's outcome and register the id of a 202 answer."""
+        document = None
+        if result.body is not None:
+            document = answer_document(result.body, result.content_encoding)
+        if result.kind is not None:
+            self.stats.import_answered(metric_type(result.kind), outcome(result.code, document))
+        if result.code != 202:
+            return
+        redact = _redactor(head)
+        found = None
+        if document is not None:
+            found = accepted_import(document, self._valid_id, redact)
+        if found is None:
+            if document is not None and document.get("id") is not None:
+                log.warning(
+                    "proxy: the id in a 202 answer to %s %s is not tracked: ids of "
+                    "--elevate.api %s are %s",
+                    head.method,
+                    head.path,
+                    self._api,
+                    self._id_rule,
+                )
+            else:
+                log.info("proxy: a 202 answer to %s %s holds no import id", head.method, head.path)
+            return
+        import_id, answer_type = found
+        if redact(import_id) != import_id:
+            log.warning("proxy: the id in a 202 answer to %s holds the request's key", head.path)
+            return
+        kind = answer_type or result.kind or ""
+        value = head.get(self._label_header) if self._label_header else None
+        registration = Registration(
+            import_id, kind, labels(head.path, head.query, self._label_key, value, redact)
+        )
+        try:
+            self._register([registration], "proxy")
+        except Exception as exc:
+            self.stats.registration_failed()
+            log.error("proxy: import %s could not be registered: %s", import_id, exc)
+            return
+        self.stats.tracked(metric_type(kind))
+        log.info("proxy: tracking import %s (%s) from %s", import_id, kind or "no type", head.path)
+
+    def _web_config(self) -> tuple[WebConfig, BasicAuth | None]:
+        config = self._web_source()
+        with self._web_lock:
+            if config is not self._web[0]:
+                users = config.basic_auth_users
+                self._web = (config, BasicAuth(users) if users else None)
+            return self._web
+
+    def _extra_headers(self) -> tuple[tuple[str, str], ...]:
+        return tuple(self._web_config()[0].http.headers.items())
+
+
+def _redactor(head: RequestHead) -> Callable[[str], str]:
+    """What takes the request's own secrets (its key, its credentials) out of text learnt
+    from its answer: Elevate may echo them, and what the proxy learns is logged, stored
+    and shown, which the client's key never is. The project's redaction, so that escaped
+    forms go too."""
+    secrets: set[str] = set()
+    for name in SECRET_HEADERS:
+        for value in head.values(name):
+            secrets.add(value)
+            scheme, _, credentials = value.partition(" ")
+            credentials = credentials.strip()
+            secrets.add(credentials)
+            if scheme.lower() == "basic":
+                with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+                    decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+                    secrets |= {decoded, decoded.partition(":")[2]}
+    return redacting(s for s in secrets if len(s) >= MIN_SECRET_CHARS)

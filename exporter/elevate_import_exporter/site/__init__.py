@@ -1,0 +1,6 @@
+"""The exporter's own routes on the generic server: the metrics, the health and readiness
+checks, the landing page, and the REST API under ``/api/v1/`` with its OpenAPI document."""
+
+from elevate_import_exporter.site.web import HttpServer, Site
+
+__all__ = ["HttpServer", "Site"]
