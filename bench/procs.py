@@ -28,6 +28,30 @@ FIRST_LIVE_ID = 8_000_000_000_000_000_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True)
+class Tree:
+    """Which code a child process runs: ``exporter`` is put first on PYTHONPATH (None: the
+    package installed in this interpreter, the work tree's); ``root`` is the child's working
+    directory. Children are driven only through the command line and HTTP, so a tree of
+    another commit, with other module paths inside, runs the same way."""
+
+    name: str = "work tree"
+    root: Path = REPO
+    exporter: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["ELEVATE_API_KEY"] = API_KEY
+        if self.exporter is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(self.exporter), *filter(None, [env.get("PYTHONPATH")])]
+            )
+        return env
+
+
+WORK_TREE = Tree()
+
+
 def generated_ids(n: int) -> list[str]:
     """The ids ``simulate --generate-imports`` serves, in order."""
     return [str(FIRST_GENERATED_ID + i) for i in range(n)]
@@ -147,21 +171,21 @@ class Child:
         ready_path: str,
         logs: Path,
         client: Client = PLAIN,
+        tree: Tree = WORK_TREE,
     ):
         self.name = name
         self.port = port
         self.client = client
+        self.tree = tree
         logs.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env["ELEVATE_API_KEY"] = API_KEY
         self._log = (logs / f"{name}.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "elevate_import_exporter", *args],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
+            env=tree.env(),
+            cwd=tree.root,
         )
         try:
             _wait_for(port, ready_path, name, self.proc, client)
@@ -200,7 +224,14 @@ class SimulatorProcess(Child):
     more (ids from :func:`live_ids`) that stay IN_PROGRESS."""
 
     def __init__(
-        self, imports: int, status: str, latency: float, logs: Path, *, live: int = 0
+        self,
+        imports: int,
+        status: str,
+        latency: float,
+        logs: Path,
+        *,
+        live: int = 0,
+        tree: Tree = WORK_TREE,
     ) -> None:
         port = free_port()
         scenario: list[str] = []
@@ -229,6 +260,7 @@ class SimulatorProcess(Child):
             port,
             "/-/healthy",
             logs,
+            tree=tree,
         )
         self.latency = latency
 
@@ -263,6 +295,7 @@ class ExporterProcess(Child):
         extra_args: Sequence[str] = (),
         client: Client = PLAIN,
         label: str = "",
+        tree: Tree = WORK_TREE,
     ):
         port = free_port()
         logs.mkdir(parents=True, exist_ok=True)
@@ -295,6 +328,7 @@ class ExporterProcess(Child):
             "/-/ready",
             logs,
             client,
+            tree,
         )
 
     def scrape(self, timeout: float = 30.0) -> Answer:

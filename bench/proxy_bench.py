@@ -12,12 +12,23 @@ import http.client
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from procs import API_KEY, REPO, SimulatorProcess, cpu_seconds, free_port, status_kib
+from procs import (
+    API_KEY,
+    REPO,
+    WORK_TREE,
+    Child,
+    SimulatorProcess,
+    Tree,
+    cpu_seconds,
+    free_port,
+    status_kib,
+)
 
 MIB = 1024 * 1024
 THROUGHPUT_RATIO_LIMIT = 0.8
@@ -79,6 +90,60 @@ class ProxyChild:
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self._log.close()
+
+
+class ProxyExporter(Child):
+    """``run --proxy.listen-address``: the exporter with its import proxy, as an operator
+    starts it, from any tree. Ids the proxy registers are only polled at a scrape, and
+    nothing scrapes it: the process does the proxy's work alone."""
+
+    def __init__(self, upstream: str, logs: Path, tree: Tree = WORK_TREE) -> None:
+        self.proxy_port = free_port()
+        web_port = free_port()
+        super().__init__(
+            f"proxy-exporter-{tree.name}".replace(" ", "-"),
+            [
+                "run",
+                "--elevate.base-url",
+                upstream,
+                "--proxy.listen-address",
+                f"127.0.0.1:{self.proxy_port}",
+                "--web.listen-address",
+                f"127.0.0.1:{web_port}",
+                "--storage.path",
+                "",
+                "--log.level",
+                "warning",
+            ],
+            web_port,
+            "/-/ready",
+            logs,
+            tree=tree,
+        )
+
+
+class RssSampler(threading.Thread):
+    """VmRSS of a process every ``every`` seconds until stopped; keeps the largest, in MB.
+
+    VmHWM would say the same for one upload, but only since the process began; a sampled
+    peak can be taken over any stretch of a process that has served before."""
+
+    def __init__(self, pid: int, every: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.peak_mb = status_kib(pid, "VmRSS") / 1024
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every):
+            self.peak_mb = max(self.peak_mb, status_kib(self.pid, "VmRSS") / 1024)
+            self.samples += 1
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join()
+        return self.peak_mb
 
 
 def upload(port: int, megabytes: int) -> tuple[int, float]:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from app_child import AppChild
+from httpload import HealthProbe, latency_summary, scrape_all
 from procs import SimulatorProcess, generated_ids
-from web_load import HealthProbe, latency_summary, scrape_all
 
 
 @dataclass

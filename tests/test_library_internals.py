@@ -66,7 +66,7 @@ def test_prometheus_client_formats_values_as_the_kept_lines_expect() -> None:
 def test_urllib3_still_builds_the_guarded_connections_of_the_transport() -> None:
     # The transport swaps urllib3's pool classes (pool_classes_by_scheme) so that every
     # request's socket is known to the deadline guard.
-    adapter = transport._Adapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+    adapter = transport.GuardedAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
     try:
         manager = adapter.poolmanager
         assert manager.pool_classes_by_scheme is transport._POOLS, (

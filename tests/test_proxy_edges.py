@@ -360,7 +360,8 @@ def test_a_half_close_right_behind_a_chunked_uploads_last_chunk_still_gets_the_a
     upstream = held(answer(b'{"id": "half2", "status": "WAITING", "type": "PRODUCTS"}', 202))
     run = proxied(upstream.url)
     head = (
-        f"POST {PATH} HTTP/1.1\r\nApi-Key: {FEED_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        f"POST {PATH} HTTP/1.1\r\nHost: proxy\r\nApi-Key: {FEED_KEY}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", run.port), timeout=30) as sock:
         sock.sendall(head + b"6\r\n<feed>\r\n7\r\n</feed>\r\n")

@@ -196,7 +196,8 @@ def test_an_ambiguous_or_malformed_request_is_refused_and_never_forwarded(
 ) -> None:
     with Upstream() as upstream:
         run = proxy_to(upstream.url)
-        got = raw_exchange(run.port, (head + f"Api-Key: {KEY}\r\n\r\n12345").encode("latin-1"))
+        request = head + f"Host: proxy\r\nApi-Key: {KEY}\r\n\r\n12345"
+        got = raw_exchange(run.port, request.encode("latin-1"))
         assert json_error(got)[0] == status
         assert b"Connection: close" in got
         assert upstream.seen == []
@@ -207,7 +208,8 @@ def test_a_broken_chunked_body_ends_the_request_upstream_without_an_import(
 ) -> None:
     run = proxy_to(simulator.url)
     request = (
-        f"POST {PATH} HTTP/1.1\r\nApi-Key: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        f"POST {PATH} HTTP/1.1\r\nHost: proxy\r\nApi-Key: {KEY}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
         "5\r\nhello\r\nzz\r\n"
     )
     assert json_error(raw_exchange(run.port, request.encode()))[0] == 400
@@ -247,7 +249,7 @@ def test_with_every_place_taken_the_connection_waiting_longest_makes_room(
         run = proxy_to(upstream.url, max_connections=2)
         idle = [socket.create_connection(("127.0.0.1", run.port)) for _ in range(2)]
         try:
-            wait_until(lambda: len(run.proxy._acceptor._conns) == 2, what="both idle ones in")
+            wait_until(lambda: run.proxy.open_connections == 2, what="both idle ones in")
             assert run.send("GET", "/x").status == 200
         finally:
             for sock in idle:
@@ -268,10 +270,11 @@ def test_the_clients_api_key_reaches_elevate_and_no_log_line_metric_or_registrat
         sim.import_desk.delay = 5
         assert run.send("POST", PATH, FEED, key_headers).status == 504
         raw_exchange(
-            run.port, f"POST {PATH} HTTP/1.1\r\nApi-Key: {SECRET}\r\nX: \x01\r\n\r\n".encode()
+            run.port,
+            f"POST {PATH} HTTP/1.1\r\nHost: p\r\nApi-Key: {SECRET}\r\nX: \x01\r\n\r\n".encode(),
         )
         with socket.create_connection(("127.0.0.1", run.port)) as sock:  # leaves mid-upload
-            sock.sendall(f"POST {PATH} HTTP/1.1\r\nApi-Key: {SECRET}\r\n".encode())
+            sock.sendall(f"POST {PATH} HTTP/1.1\r\nHost: p\r\nApi-Key: {SECRET}\r\n".encode())
             sock.sendall(b"Content-Length: 100000\r\n\r\n" + b"x" * 1000)
         down = proxy_to(f"http://127.0.0.1:{free_port()}")
         assert down.send("POST", PATH, FEED, key_headers).status == 502

@@ -30,7 +30,7 @@ class Tricklers:
     ) -> None:
         self.socks: list[socket.socket] = []
         self._stop = threading.Event()
-        head = f"POST {PATH} HTTP/1.1\r\nApi-Key: {KEY}\r\n"
+        head = f"POST {PATH} HTTP/1.1\r\nHost: proxy\r\nApi-Key: {KEY}\r\n"
         head += "X-Slow: " if in_head else "Content-Length: 100000000\r\n\r\n"
         for _ in range(count):
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)

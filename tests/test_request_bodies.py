@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from elevate_import_exporter.httpd import connections
-from elevate_import_exporter.httpd.framing import MAX_BODY_BYTES
+from elevate_import_exporter.httpd.connections import MAX_BODY_BYTES
 from elevate_import_exporter.site import web
 from tests.support import BareSite, wait_until
 
@@ -333,10 +333,11 @@ def test_bodies_announced_by_connections_that_left_no_longer_count(serve: Serve)
         (["Content-Length: 5, 5"], 400),
         (["Content-Length: \u0665".encode().decode("latin-1")], 400),  # Arabic-Indic five
         (["Content-Length: 0x5"], 400),
-        (["Transfer-Encoding: chunked"], 411),
-        (["Transfer-Encoding: identity"], 411),
-        (["Transfer-Encoding: gzip, chunked"], 411),
-        ([f"Content-Length: {'9' * 40}"], 413),
+        (["Transfer-Encoding: identity"], 501),
+        (["Transfer-Encoding: gzip, chunked"], 501),
+        (["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"], 501),
+        ([f"Content-Length: {'9' * 12}"], 413),
+        ([f"Content-Length: {'9' * 40}"], 400),  # more digits than h11 reads
     ],
 )
 def test_a_framing_that_could_be_read_two_ways_is_refused_and_the_connection_closed(
@@ -362,14 +363,45 @@ def test_the_same_content_length_twice_is_one_framing(serve: Serve) -> None:
     assert Reader(sock).response().status == 201
 
 
-def test_a_chunked_request_elsewhere_gets_411_in_text_and_a_close(serve: Serve) -> None:
+def test_a_chunked_registration_is_taken_and_the_request_behind_it_answered(
+    serve: Serve,
+) -> None:
+    served = serve()
+    sock = served.connect()
+    body = registration("in-chunks")
+    chunks = b"%x\r\n%s\r\n%x;ext=1\r\n%s\r\n0\r\n\r\n" % (5, body[:5], len(body) - 5, body[5:])
+    sock.sendall(
+        post("/api/v1/imports", chunks, "Transfer-Encoding: chunked")
+        + b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    reader = Reader(sock)
+    assert reader.response().status == 201
+    assert reader.response().body == b"Healthy.\n"
+    assert served.site.catalog.get("in-chunks") is not None
+
+
+def test_a_chunked_registration_over_the_body_limit_is_refused_once_read_that_far(
+    serve: Serve,
+) -> None:
+    sock = serve().connect()
+    chunk = b" " * 65536
+    chunks = b"%x\r\n%s\r\n" % (len(chunk), chunk) * (MAX_BODY_BYTES // len(chunk) + 1)
+    sock.sendall(post("/api/v1/imports", chunks, "Transfer-Encoding: chunked"))
+    reader = Reader(sock)
+    answer = reader.response()
+    assert answer.status == 413
+    assert answer.headers["content-type"] == "application/json"
+    assert reader.closed()
+
+
+def test_a_broken_chunked_body_elsewhere_gets_400_in_text_and_a_close(serve: Serve) -> None:
     sock = serve().connect()
     sock.sendall(
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n"
         b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     reader = Reader(sock)
     answer = reader.response()
-    assert answer.status == 411
+    assert answer.status == 400
     assert answer.headers["content-type"].startswith("text/plain")
     assert reader.closed()

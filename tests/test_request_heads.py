@@ -240,14 +240,14 @@ def test_an_unauthenticated_post_with_a_refused_framing_gets_401_and_counts_noth
     assert invalid_registrations(secured.url) == 0
 
 
-def test_an_authenticated_chunked_post_is_still_refused_and_counted_as_invalid(
+def test_an_authenticated_post_in_an_unknown_coding_is_still_refused_and_counted_as_invalid(
     secured: ExporterProcess,
 ) -> None:
     raw = (
-        b"POST /api/v1/imports HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"POST /api/v1/imports HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n"
         b"Authorization: " + AUTH.encode() + b"\r\n\r\n0\r\n\r\n"
     )
-    assert statuses(exchange(port_of(secured), raw)) == [411]
+    assert statuses(exchange(port_of(secured), raw)) == [501]
     assert invalid_registrations(secured.url) == 1
 
 

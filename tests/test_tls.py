@@ -19,6 +19,7 @@ import requests
 import trustme
 
 from elevate_import_exporter.httpd.connections import Connections
+from elevate_import_exporter.httpd.messages import Answer, Request
 from elevate_import_exporter.httpd.tls import TlsProvider, peer_sans, server_context
 from elevate_import_exporter.httpd.webconfig import TlsServerConfig, WebConfigError, load_web_config
 from tests.support import need_tool, wait_until
@@ -74,10 +75,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(folder, ca)
 
 
-def respond(peer: str, head: bytes, received: float) -> tuple[bytes, bool]:
-    path = head.split(b" ", 2)[1]
-    body = b"ok " + path
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body), True
+def respond(request: Request) -> Answer:
+    return Answer(200, (), b"ok " + request.path.encode())
 
 
 @dataclass
@@ -106,7 +105,7 @@ def serve() -> Iterator[Serve]:
         config: TlsServerConfig | TlsProvider,
         header_timeout: float = 10.0,
         max_threads: int = 4,
-        the_respond: Callable[[str, bytes, float], tuple[bytes, bool]] = respond,
+        the_respond: Callable[[Request], Answer] = respond,
     ) -> Served:
         provider = config if isinstance(config, TlsProvider) else TlsProvider(config)
         listener = socket.create_server(("127.0.0.1", 0))

@@ -1,7 +1,9 @@
 """``track``: hand import ids to a running exporter, from a feed job or a pipeline.
 
-The flags become typed values here (URL, labels, credentials, TLS files, timeout); the
-requests, their limits and the reading of the answers are :mod:`..track`'s.
+The flags become typed values here (URL, labels, credentials, TLS files, timeout), and
+the link the requests go out on is put together: requests with the TLS context, over the
+Elevate transport's connections, which its deadline reaper shuts at the timeout. The
+requests, their limits and the reading of the answers are :mod:`..lifecycle.track`'s.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from elevate_import_exporter import __version__
 from elevate_import_exporter.cli.common import SetupError
 from elevate_import_exporter.core.files import UnreadableFile, read_regular_file, read_text_file
 from elevate_import_exporter.core.model import one_line
+from elevate_import_exporter.elevate.deadline import Reaper
+from elevate_import_exporter.elevate.transport import GuardedAdapter
 from elevate_import_exporter.lifecycle.track import (
     CREDENTIAL_HINT,
     EXIT_UNREACHABLE,
@@ -26,8 +30,11 @@ from elevate_import_exporter.lifecycle.track import (
     Client,
     Credentials,
     Endpoint,
+    Link,
+    OneContext,
     TrackError,
     registrations,
+    session,
     track,
     usage,
 )
@@ -166,17 +173,25 @@ def track_command(
         if not url:
             raise usage("--exporter (or ELEVATE_EXPORTER_URL) is required")
         items = registrations(ids, import_type, [_label(label) for label in labels])
-        client = Client(
-            _endpoint(url),
-            credentials=_credentials(username, password_file),
-            tls=_tls(ca_file, cert_file, key_file),
-            timeout=_timeout(timeout),
-            retries=retries,
-            user_agent=f"elevate-import-exporter/{__version__} track",
-        )
-        _check_transport(client, allow_insecure=allow_insecure)
+        endpoint = _endpoint(url)
+        credentials = _credentials(username, password_file)
+        tls = _tls(ca_file, cert_file, key_file)
+        _check_transport(endpoint, credentials, tls, allow_insecure=allow_insecure)
+        seconds = _timeout(timeout)
     except TrackError as exc:
         raise SetupError(str(exc)) from None
+    reaper = Reaper()
+    # Without TLS options, the system's CAs (as curl and Prometheus), not requests' bundle.
+    adapter = _Adapter(tls or ssl.create_default_context())
+    client = Client(
+        endpoint,
+        Link(session(adapter), reaper.guard),
+        credentials=credentials,
+        own_ca=tls is not None,
+        timeout=seconds,
+        retries=retries,
+        user_agent=f"elevate-import-exporter/{__version__} track",
+    )
     try:
         for batch in track(client, items):
             for tracked in () if quiet else batch:
@@ -189,6 +204,13 @@ def track_command(
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         ctx.exit(INTERRUPTED)
+    finally:
+        client.link.session.close()
+        reaper.close()
+
+
+class _Adapter(OneContext, GuardedAdapter):
+    """TLS with one context, over connections that a deadline shuts: the transport's."""
 
 
 def _endpoint(url: str) -> Endpoint:
@@ -201,7 +223,7 @@ def _endpoint(url: str) -> Endpoint:
         raise usage(str(exc)) from None
     if not _URL_PATH.fullmatch(parsed.path):
         raise usage(f"--exporter must be a base URL, got {shown_url(url)!r}")
-    return Endpoint(parsed.scheme, parsed.host, parsed.port, parsed.path + PATH, parsed.base)
+    return Endpoint(parsed.scheme, parsed.host, parsed.base + PATH, parsed.base)
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -296,14 +318,19 @@ def _timeout(value: str) -> float:
     return seconds
 
 
-def _check_transport(client: Client, *, allow_insecure: bool) -> None:
+def _check_transport(
+    endpoint: Endpoint,
+    credentials: Credentials | None,
+    tls: ssl.SSLContext | None,
+    *,
+    allow_insecure: bool,
+) -> None:
     """Refuse TLS options without TLS, and a password in clear text to another host."""
-    endpoint = client.endpoint
     if endpoint.scheme == "https":
         return
-    if client.tls is not None:
+    if tls is not None:
         raise usage(f"TLS options need an https:// --exporter URL, got {endpoint.shown}")
-    if client.credentials and not allow_insecure and not _loopback(endpoint.host):
+    if credentials and not allow_insecure and not _loopback(endpoint.host):
         raise usage(
             f"the password would cross the network in clear text to {endpoint.shown}: use "
             f"https://, or --exporter.allow-insecure to send it anyway"

@@ -6,7 +6,7 @@ Every other module speaks these words; this one imports nothing of the package.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 DOCUMENTED_STATUSES = (
@@ -168,3 +168,17 @@ class ApiError(QueryError):
 
 class NotSent(QueryError):
     """The query was given up before a request could go: deadline reached or round stopped."""
+
+
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception behind it: requests and urllib3 wrap the one that
+    says what happened in arguments, causes and ``reason`` attributes."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        cause = pending.pop(0)
+        if id(cause) not in seen:
+            seen.add(id(cause))
+            yield cause
+            behind = [*cause.args, cause.__cause__, cause.__context__, getattr(cause, "reason", 0)]
+            pending += [e for e in behind if isinstance(e, BaseException)]

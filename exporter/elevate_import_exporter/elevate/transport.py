@@ -24,7 +24,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -39,6 +39,7 @@ from elevate_import_exporter.core.model import (
     ApiError,
     NotSent,
     RequestRecord,
+    causes,
     reason_for_status,
     safe_text,
     snippet,
@@ -76,7 +77,7 @@ class Transport:
         self._session = _session_for(self.base_url)
         self._where = _where(self.base_url)
         self._plain = self.base_url.startswith("http://")
-        adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        adapter = GuardedAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._headers = {"Api-Key": api_key.reveal(), "User-Agent": user_agent}
@@ -185,16 +186,16 @@ class Transport:
             return "timeout", "timeout", f"no complete answer from {where} by the deadline"
         if not isinstance(error, requests.RequestException | OSError | http.client.HTTPException):
             raise error
-        causes = list(_causes(error))
+        behind = list(causes(error))
         # requests reports a read timeout inside the body as a ConnectionError.
-        if any(isinstance(c, requests.Timeout | ReadTimeoutError | TimeoutError) for c in causes):
+        if any(isinstance(c, requests.Timeout | ReadTimeoutError | TimeoutError) for c in behind):
             return "timeout", "timeout", f"no answer from {where} in time"
-        for cause in causes:
+        for cause in behind:
             if isinstance(cause, http.client.RemoteDisconnected | http.client.IncompleteRead):
                 break  # an answer that broke off, not one in another protocol
             if isinstance(cause, http.client.HTTPException):
                 return "invalid_response", "connection_error", self._not_http(cause)
-        return "connection_error", "connection_error", self._cause(causes)
+        return "connection_error", "connection_error", self._cause(behind)
 
     def _not_http(self, error: http.client.HTTPException) -> str:
         # Redacted before it is cut: no part of a key that a server echoes survives the cut.
@@ -204,10 +205,10 @@ class Transport:
         tls = "; that is TLS: use an https:// base URL" if line[:1] in ("\x15", "\x16") else ""
         return f"{self._where} answered, but not HTTP: {shown}{tls}"
 
-    def _cause(self, causes: list[BaseException]) -> str:
+    def _cause(self, behind: list[BaseException]) -> str:
         where = self._where
         tls_hint = "; if it is a TLS port, use an https:// base URL" if self._plain else ""
-        for cause in causes:
+        for cause in behind:
             if isinstance(cause, ssl.SSLCertVerificationError):
                 return (
                     f"TLS with {where} failed: certificate not trusted ({cause.verify_message}); "
@@ -227,8 +228,8 @@ class Transport:
                 return f"{where} closed the connection before a whole answer{tls_hint}"
             if isinstance(cause, http.client.IncompleteRead):
                 return f"{where} closed the connection inside the answer's body"
-        errno_text = next((c.strerror for c in causes if isinstance(c, OSError) and c.strerror), "")
-        return f"connection to {where} failed: {errno_text or type(causes[0]).__name__}"
+        errno_text = next((c.strerror for c in behind if isinstance(c, OSError) and c.strerror), "")
+        return f"connection to {where} failed: {errno_text or type(behind[0]).__name__}"
 
 
 def _session_for(url: str) -> requests.Session:
@@ -278,20 +279,6 @@ def _where(url: str) -> str:
 _PORTS = {"http": 80, "https": 443}
 
 
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and every exception behind it: requests and urllib3 wrap the one that
-    says what happened in arguments, causes and ``reason`` attributes."""
-    seen: set[int] = set()
-    pending = [error]
-    while pending:
-        cause = pending.pop(0)
-        if id(cause) not in seen:
-            seen.add(id(cause))
-            yield cause
-            behind = [*cause.args, cause.__cause__, cause.__context__, getattr(cause, "reason", 0)]
-            pending += [e for e in behind if isinstance(e, BaseException)]
-
-
 class _Connection(HTTPConnection):
     """A connection that puts itself under its thread's guard once a request is sent."""
 
@@ -321,7 +308,7 @@ class _TLSPool(HTTPSConnectionPool):
 _POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _Pool, "https": _TLSPool}
 
 
-class _Adapter(HTTPAdapter):
+class GuardedAdapter(HTTPAdapter):
     """requests' adapter, with pools of guarded connections, direct or through a proxy."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:

@@ -1,7 +1,9 @@
 """HTTP/1.1 on one connection, request after request, as both servers speak it: the
 exporter's (answers from memory) and the import proxy's (bodies streamed both ways).
 
-h11 reads every request head and frames every body, and writes every answer; this module
+h11 reads every request head, decides how its body is framed, decodes chunked bodies and
+writes every answer. A ``Content-Length`` body is only counted here, not fed through h11:
+h11 would copy each of its bytes twice, which halved the proxy's upload rate. This module
 adds the refusals a server in front of something else needs on top of it, so that a
 request cannot mean one thing here and another behind us (request smuggling):
 
@@ -9,7 +11,8 @@ request cannot mean one thing here and another behind us (request smuggling):
   that is not digits, a transfer coding other than ``chunked``, a bad chunk: ``400``
   (``501`` for an unknown coding), and the connection closes after the answer;
 - a header line folded onto the one before (obs-fold), which h11 would join: ``400``;
-- a head over :data:`MAX_HEAD_BYTES`: ``431``, or ``414`` when the request line alone is;
+- a head over :data:`MAX_HEAD_BYTES` or :data:`MAX_HEADERS` fields: ``431``, or ``414``
+  when the request line alone is over the bytes;
 - a version other than HTTP/1.0 and 1.1: ``505``; an ``Expect`` other than
   ``100-continue``: ``417``.
 
@@ -31,22 +34,34 @@ from http import HTTPStatus
 import h11
 
 MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
 # A blank line ends a head; h11 takes a bare LF for CRLF, so the search does too.
 _HEAD_END = re.compile(rb"\n\r?\n")
 # A line that begins with a space or tab continues the one before it (obs-fold).
 _FOLDED = re.compile(rb"\n[ \t]")
+_LENGTH_LIST = re.compile(rb"(?im)^content-length:[^\n]*,")
+_FRAMING = re.compile(rb"(?i)(content-length|transfer-encoding):")
 _QUOTED = re.compile(r"[:\s]*(?:b['\"]|bytearray\()")
-_LEADING_BLANK_LINES = 8
-_FEED = 64 * 1024  # RFC 9112 2.2: ignore a few empty lines before a request line
+_LEADING_BLANK_LINES = 8  # RFC 9112 2.2: ignore a few empty lines before a request line
+_FEED = 64 * 1024
+# What h11 may hold of a body's framing that it cannot read yet: a chunk-size line with its
+# extensions, the trailers. h11 is handed only whole heads (checked against max_head here)
+# and looks at this bound only when it waits for more, so it must be below _FEED: else a
+# flood line that came in two feeds would be read once whole.
+_MAX_INCOMPLETE = 16 * 1024
 
 
 class Refusal(Exception):
-    """A request answered ``status`` with ``reason`` and the connection then closed."""
+    """A request answered ``status`` with ``reason`` and the connection then closed.
 
-    def __init__(self, status: int, reason: str) -> None:
+    ``head_readable`` is False when the head itself is at fault (a folded line): none of
+    its headers is to be believed, ``Authorization`` among them."""
+
+    def __init__(self, status: int, reason: str, *, head_readable: bool = True) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.head_readable = head_readable
 
 
 class PeerClosed(Exception):
@@ -71,6 +86,7 @@ class Head:
     headers: tuple[tuple[str, str], ...]
     chunked: bool
     length: int  # Content-Length; 0 when absent or chunked
+    size: int = 0  # bytes of the head as it came, blank line included
 
     def values(self, name: str) -> list[str]:
         lowered = name.lower()
@@ -118,6 +134,9 @@ class Http1:
         self._h11 = self._new()
         self._head: Head | None = None
         self._read = 0  # body bytes so far
+        # A body framed by Content-Length is counted here, not fed through h11 (which
+        # copies every byte twice): its bytes still to come, or None (h11 frames it).
+        self._left: int | None = None
 
     @property
     def head(self) -> Head | None:
@@ -180,20 +199,34 @@ class Http1:
         if len(raw) > size:
             self._input.append(memoryview(bytes(raw[size:])))
         folded = _FOLDED.search(raw, 0, size - 1) is not None
+        whole = bytes(raw[:size])
         raw.clear()
         self._scanned = 0
         try:
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
+            # Refused for its framing alone, the head is still worth reading (its
+            # credentials, its path), so that the answer can be worded for it.
+            self._head = _without_framing(whole, self._max_head)
             raise Refusal(exc.error_status_hint, _h11_reason(exc)) from None
         if not isinstance(event, h11.Request):  # the head is whole: h11 has a request
             raise Refusal(400, "the request head cannot be read")
-        self._head = head = _head_of(event)
+        self._head = head = _head_of(event, size)
         self._read = 0
+        self._left = None if head.chunked else head.length
         if folded:
-            raise Refusal(400, "a header line is folded onto the one before (obs-fold)")
+            raise Refusal(
+                400, "a header line is folded onto the one before (obs-fold)", head_readable=False
+            )
+        if len(head.headers) > MAX_HEADERS:
+            # What http.client (the proxy's way to Elevate) and most servers take at most.
+            raise Refusal(431, f"the request has over {MAX_HEADERS} header fields")
         if head.version not in ("HTTP/1.1", "HTTP/1.0"):
             raise Refusal(505, f"{head.version} is not supported; use HTTP/1.1")
+        if head.length and _LENGTH_LIST.search(whole):
+            # "5, 5", which h11 takes as 5: one length is one number (RFC 9110 8.6 lets a
+            # server refuse it), so that nothing behind us can read it another way.
+            raise Refusal(400, "Content-Length is not one number of bytes")
         if head.chunked and head.values("content-length"):
             raise Refusal(400, "both Content-Length and Transfer-Encoding")
         expect = head.get("expect")
@@ -206,12 +239,18 @@ class Http1:
     @property
     def expects_continue(self) -> bool:
         """The client waits for ``100 Continue`` before it sends the body."""
+        if self._left is not None and self._read:
+            return False
         return self._h11.they_are_waiting_for_100_continue
 
-    def next_body(self) -> bytes | _End | None:
-        """The next piece of the body (bytes), :data:`END` when it is over, or None until
-        more bytes come. Raises :class:`Refusal` for a broken or oversized body and
-        :class:`PeerClosed` when the client left before its end."""
+    def next_body(self) -> bytes | memoryview | _End | None:
+        """The next piece of the body, :data:`END` when it is over, or None until more
+        bytes come. A piece of a ``Content-Length`` body is a view of what was given to
+        :meth:`receive`, valid until the next call; a chunked body's pieces are h11's.
+        Raises :class:`Refusal` for a broken or oversized body and :class:`PeerClosed`
+        when the client left before its end."""
+        if self._left is not None:
+            return self._counted_body()
         while True:
             try:
                 event = self._h11.next_event()
@@ -242,6 +281,25 @@ class Http1:
             else:
                 return None
 
+    def _counted_body(self) -> memoryview | _End | None:
+        left = self._left
+        assert left is not None
+        if left == 0:
+            self._keep_rest()
+            return END
+        if not self._input:
+            if self._ended:
+                raise PeerClosed("the connection ended inside a request body")
+            return None
+        first = self._input[0]
+        if len(first) > left:
+            piece, self._input[0] = first[:left], first[left:]
+        else:
+            piece = self._input.popleft()
+        self._left = left - len(piece)
+        self._read += len(piece)
+        return piece
+
     def _feed(self) -> None:
         # h11 copies what it is given into a buffer and copies each piece out again; in
         # pieces of at most _FEED bytes those buffers stay below malloc's mmap threshold,
@@ -265,7 +323,8 @@ class Http1:
 
     def continue_(self) -> bytes:
         """``100 Continue``, for a client that waits for it before its body."""
-        return self._h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+        interim = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+        return self._h11.send(interim) or b""
 
     def answer(
         self, status: int, headers: Sequence[tuple[str, str]], body: bytes, *, close: bool = False
@@ -274,14 +333,19 @@ class Http1:
 
         ``Content-Length`` is set here; ``close`` ends the connection after it (a refusal,
         a stop); a request whose body was not read to its end closes it as well."""
-        has_body = self._carries_body(status)
+        return b"".join(self.answer_pieces(status, headers, body, close=close))
+
+    def answer_pieces(
+        self, status: int, headers: Sequence[tuple[str, str]], body: bytes, *, close: bool = False
+    ) -> list[bytes]:
+        """:meth:`answer` as the pieces to write in order, ``body`` among them as it is:
+        a large body is not copied behind the head."""
         out = [(name, value) for name, value in headers if name.lower() != "content-length"]
         if status not in (204, 304) and status >= 200:
             out.append(("Content-Length", str(len(body))))
-        out_bytes = self.begin_answer(status, out, close=close)
-        if has_body and body:
-            out_bytes += self._send(h11.Data(data=body))
-        return out_bytes + self.end_answer()
+        pieces = [self.begin_answer(status, out, close=close), *self.answer_piece(body)]
+        end = self.end_answer()
+        return [*pieces, end] if end else pieces
 
     def refuse(self, refusal: Refusal, headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
         """The answer to a refused request: its status, and the connection closed after."""
@@ -295,7 +359,7 @@ class Http1:
         Without a Content-Length, an HTTP/1.1 client gets the body chunked and an HTTP/1.0
         one gets it up to the connection's end."""
         fields = [(_bytes(name), _bytes(value)) for name, value in headers]
-        if close or self._head is None or self._h11.their_state is not h11.DONE:
+        if close or self._head is None or not self.request_read:
             # A refusal, a stop, or a body left unread: what follows cannot be framed.
             fields.append((b"Connection", b"close"))
         try:
@@ -317,7 +381,14 @@ class Http1:
     @property
     def reusable(self) -> bool:
         """The answer is out and the request was read to its end: another may follow."""
-        return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
+        return self._h11.our_state is h11.DONE and (
+            self._h11.their_state is h11.DONE or self._left == 0
+        )
+
+    @property
+    def request_read(self) -> bool:
+        """The request has been read to its end (its body too)."""
+        return self._left == 0 or self._h11.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
 
     def next_request(self) -> None:
         """Start on the next request, with the bytes of it that came already."""
@@ -331,6 +402,7 @@ class Http1:
         self._ended = self._ended or ended
         self._eof_fed = False
         self._head = None
+        self._left = None
 
     # -- inside ----------------------------------------------------------------------------
 
@@ -347,7 +419,7 @@ class Http1:
 
     def _new(self) -> h11.Connection:
         self._answer_status = 200
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_INCOMPLETE)
 
     def _oversize(self, line_end: int) -> Refusal:
         if line_end < 0 or line_end > self._max_head:
@@ -367,7 +439,7 @@ class Http1:
         raise AssertionError("h11 took a NUL request line")  # pragma: no cover
 
 
-def _head_of(event: h11.Request) -> Head:
+def _head_of(event: h11.Request, size: int) -> Head:
     headers = tuple(
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in event.headers.raw_items()
@@ -384,7 +456,22 @@ def _head_of(event: h11.Request) -> Head:
         headers=headers,
         chunked=chunked,
         length=length,
+        size=size,
     )
+
+
+def _without_framing(head: bytes, max_head: int) -> Head | None:
+    """``head`` as h11 reads it without its framing headers, or None when it still cannot."""
+    lines = [line for line in head.split(b"\n") if not _FRAMING.match(line)]
+    reader = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+    reader.receive_data(b"\n".join(lines))
+    try:
+        event = reader.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    return _head_of(event, len(head))
 
 
 def _h11_reason(exc: h11.RemoteProtocolError) -> str:

@@ -1,30 +1,39 @@
 """Handing import ids to a running exporter: the core of the ``track`` command.
 
 Builds the ``POST /api/v1/imports`` requests (checking what can be checked here: empty
-ids, label keys) and sends them with bounded time and size. Only the exporter judges the
-ids: it alone knows the API flavour. Its answers are hostile input: read up to a limit,
-checked field by field, and any text of theirs shown as one cleaned line with the
-credentials masked.
+ids, label keys) and sends them with requests, bounded in time (each read, and the whole
+request by the deadline of the :class:`Link` the edge gives) and in size. Only the
+exporter judges the ids: it alone knows the API flavour. Its answers are hostile input:
+read up to a limit, checked field by field, and any text of theirs shown as one cleaned
+line with the credentials masked; of the client library's errors only the kind is shown,
+as their texts quote what the server sent.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import logging
 import re
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import requests
+from requests.adapters import HTTPAdapter
 
 from elevate_import_exporter.core.logs import redacting
-from elevate_import_exporter.core.model import one_line
+from elevate_import_exporter.core.model import causes, one_line
 from elevate_import_exporter.core.records import Registration
+
+if TYPE_CHECKING:
+    from requests.adapters import _HostParams, _PoolKwargs
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +72,12 @@ def _unreachable(message: str, *, retry: bool) -> TrackError:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where the exporter's registration API is; ``shown`` is its base URL for messages."""
+    """Where the exporter's registration API is: its ``url``; ``shown`` is the exporter's
+    base URL for messages."""
 
     scheme: str
     host: str
-    port: int
-    path: str
+    url: str
     shown: str
 
 
@@ -82,14 +91,61 @@ class Credentials:
         return base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
 
 
+class Expiring(Protocol):
+    @property
+    def expired(self) -> bool:
+        """Whether the deadline passed, and the request's connection was shut."""
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """How requests go out: a session whose connections a deadline can shut, and
+    ``bound(deadline)``, within which a request sent is shut at ``deadline`` (monotonic):
+    a socket timeout bounds each read, not an answer that trickles a byte a second."""
+
+    session: requests.Session
+    bound: Callable[[float], AbstractContextManager[Expiring]]
+
+
+class OneContext(HTTPAdapter):
+    """An adapter whose https:// connections use ``context`` as it is: only its CAs are
+    trusted (requests would load its own bundle into it), its client certificate shown."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__(max_retries=0)
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
+    ) -> tuple[_HostParams, _PoolKwargs]:
+        host, pool = super().build_connection_pool_key_attributes(request, True, None)
+        pool["ssl_context"] = self._context
+        return host, pool
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """Nothing to add: the context holds the CAs and the client certificate."""
+
+
+def session(adapter: HTTPAdapter) -> requests.Session:
+    """A session for ``track``: ``adapter`` for both schemes, nothing from the environment
+    (a proxy, a CA bundle or a ~/.netrc password would change where the password goes)."""
+    http = requests.Session()
+    http.trust_env = False
+    http.mount("https://", adapter)
+    http.mount("http://", adapter)
+    return http
+
+
 @dataclass(frozen=True, slots=True)
 class Client:
     """How to reach the exporter. ``timeout`` bounds each attempt (connect, every read and
-    the whole exchange); ``retries`` more attempts follow connection problems and 5xx."""
+    the whole exchange); ``retries`` more attempts follow connection problems and 5xx.
+    ``own_ca``: TLS options were given, so no hint to give them."""
 
     endpoint: Endpoint
+    link: Link
     credentials: Credentials | None = None
-    tls: ssl.SSLContext | None = None
+    own_ca: bool = False
     timeout: float = 10.0
     retries: int = 2
     user_agent: str = "elevate-import-exporter"
@@ -189,72 +245,95 @@ def _send(client: Client, ids: list[str], body: bytes) -> list[Tracked]:
 
 def _exchange(client: Client, body: bytes, count: int) -> tuple[int, bytes, str]:
     """The status, the start of the body and the Location header of the answer."""
-    endpoint = client.endpoint
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/json",
+        # A small answer gains nothing by compression, and this one is read with a cap.
+        "Accept-Encoding": "identity",
         "User-Agent": client.user_agent,
         "Connection": "close",
     }
     if client.credentials is not None:
         headers["Authorization"] = "Basic " + client.credentials.token
-    connection: http.client.HTTPConnection
-    if endpoint.scheme == "https":
-        context = client.tls or ssl.create_default_context()
-        connection = http.client.HTTPSConnection(
-            endpoint.host, endpoint.port, timeout=client.timeout, context=context
-        )
-    else:
-        connection = http.client.HTTPConnection(
-            endpoint.host, endpoint.port, timeout=client.timeout
-        )
-    cut = threading.Event()
-    # Socket timeouts bound each step; this bounds the sum, whatever the server trickles.
-    watchdog = threading.Timer(client.timeout, _cut, (connection, cut))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        connection.request("POST", endpoint.path, body=body, headers=headers)
-        response = connection.getresponse()
-        # One byte more than is kept, to tell an answer that is too large.
-        data = response.read(ANSWER_BYTES + ANSWER_BYTES_PER_ID * count + 1)
-        answer = response.status, data, response.getheader("Location") or ""
-    except (OSError, http.client.HTTPException) as exc:
-        raise _failure(client, exc, timed_out=cut.is_set()) from None
-    finally:
-        watchdog.cancel()
-        connection.close()
-    if cut.is_set():
-        # The answer may have been cut short by the watchdog: not to be trusted.
-        raise _failure(client, TimeoutError(), timed_out=True)
-    return answer
+    # One byte more than is kept, to tell an answer that is too large.
+    limit = ANSWER_BYTES + ANSWER_BYTES_PER_ID * count + 1
+    response: requests.Response | None = None
+    with client.link.bound(time.monotonic() + client.timeout) as bound:
+        try:
+            # A redirect is an answer to show, not to follow: the credentials would go along.
+            response = client.link.session.post(
+                client.endpoint.url,
+                data=body,
+                headers=headers,
+                timeout=client.timeout,
+                stream=True,
+                allow_redirects=False,
+            )
+            with contextlib.closing(response):
+                data = _capped(response, limit)
+        except Exception as exc:
+            raise _failure(client, exc, bound.expired, begun=response is not None) from None
+        if bound.expired:
+            # The answer may have been cut short at the deadline: not to be trusted.
+            raise _failure(client, TimeoutError(), True, begun=True)
+    return response.status_code, data, response.headers.get("Location", "")
 
 
-def _cut(connection: http.client.HTTPConnection, cut: threading.Event) -> None:
-    cut.set()
-    # During the TLS handshake ``sock`` is still the plain socket: shutting it ends that too.
-    sock = connection.sock
-    if sock is not None:
-        with suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+def _capped(response: requests.Response, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    # Through requests, so that what breaks in the body is one of its exceptions. A body
+    # compressed all the same is inflated a read at a time: the cap counts what it makes.
+    for chunk in response.iter_content(64 * 1024):
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
 
 
-def _failure(client: Client, exc: BaseException, *, timed_out: bool) -> TrackError:
+def _failure(client: Client, exc: BaseException, expired: bool, *, begun: bool) -> TrackError:
+    """What went wrong: the deadline ``expired``, or ``exc`` before the answer's head
+    arrived or, once it had ``begun``, in its body."""
     where = client.endpoint.shown
-    if timed_out or isinstance(exc, TimeoutError):
+    behind = list(causes(exc))
+    if expired or any(isinstance(c, _TIMEOUTS) for c in behind):
         return _unreachable(f"{where} did not answer within {client.timeout:g}s", retry=True)
-    if isinstance(exc, ssl.SSLCertVerificationError) and not client.tls:
-        hint = " (trust a private CA with --exporter.ca-file)"
-        return _unreachable(f"TLS with {where} failed: {_why(exc)}{hint}", retry=False)
-    if isinstance(exc, ssl.SSLError):
-        return _unreachable(f"TLS with {where} failed: {_why(exc)}", retry=False)
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return _unreachable(f"{where} closed the connection without an answer", retry=True)
-    if isinstance(exc, http.client.HTTPException):
-        return _unreachable(f"{where} did not answer in HTTP ({type(exc).__name__})", retry=False)
-    if isinstance(exc, socket.gaierror):
-        return _unreachable(f"cannot resolve {client.endpoint.host}: {_why(exc)}", retry=True)
-    return _unreachable(f"no answer from {where}: {_why(exc)}", retry=True)
+    if not any(isinstance(c, _EXPECTED) for c in behind):
+        raise exc
+    if any(isinstance(c, _CLOSED) for c in behind):
+        # A server that closes with the request unread resets the connection instead.
+        said = "inside its answer" if begun else "without an answer"
+        return _unreachable(f"{where} closed the connection {said}", retry=True)
+    for cause in behind:
+        if isinstance(cause, ssl.SSLCertVerificationError) and not client.own_ca:
+            hint = " (trust a private CA with --exporter.ca-file)"
+            return _unreachable(f"TLS with {where} failed: {_why(cause)}{hint}", retry=False)
+        if isinstance(cause, ssl.SSLError):
+            return _unreachable(f"TLS with {where} failed: {_why(cause)}", retry=False)
+        if isinstance(cause, http.client.HTTPException):
+            # Its name only: its text quotes what the server sent, which may be anything.
+            kind = type(cause).__name__
+            return _unreachable(f"{where} did not answer in HTTP ({kind})", retry=False)
+        if isinstance(cause, socket.gaierror):
+            host = client.endpoint.host
+            return _unreachable(f"cannot resolve {host}: {_why(cause)}", retry=True)
+    oserror = next((c for c in behind if isinstance(c, OSError) and c.strerror), None)
+    if oserror is not None:
+        return _unreachable(f"no answer from {where}: {_why(oserror)}", retry=True)
+    # The library's own words quote the URL and what the server sent: its type says enough.
+    return _unreachable(f"no answer from {where} ({type(behind[-1]).__name__})", retry=True)
+
+
+# Whatever wraps it, a socket's timeout is the builtin TimeoutError.
+_TIMEOUTS = (requests.Timeout, TimeoutError)
+_EXPECTED = (requests.RequestException, OSError, http.client.HTTPException)
+_CLOSED = (
+    ConnectionResetError,  # RemoteDisconnected too
+    BrokenPipeError,
+    http.client.IncompleteRead,
+    requests.exceptions.ChunkedEncodingError,
+)
 
 
 def _why(exc: BaseException) -> str:
@@ -264,7 +343,7 @@ def _why(exc: BaseException) -> str:
         return str(exc.reason)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return one_line(str(exc), MAX_SHOWN) or type(exc).__name__
+    return type(exc).__name__
 
 
 def _interpret(

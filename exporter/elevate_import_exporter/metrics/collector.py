@@ -16,14 +16,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from elevate_import_exporter import __version__
+from elevate_import_exporter.core.state import RoundResult, Snapshot
 from elevate_import_exporter.metrics.lines import FinalLines, import_families
 from elevate_import_exporter.metrics.stats import (
     LATENCY_BUCKETS,
     ApiStats,
     RequestStats,
     cumulative_buckets,
+    labelled,
 )
-from elevate_import_exporter.polling.poller import RoundResult, Snapshot
 
 
 class IdCounts(Protocol):
@@ -136,15 +137,15 @@ def _round_families(last_round: RoundResult | None, tracked: int) -> Iterator[Me
 
 
 def _source_families(refused: int, counts: Mapping[str, int]) -> Iterator[Metric]:
-    by_source = GaugeMetricFamily(
-        "elevate_import_source_imports",
-        "Number of import ids tracked, by the source they come from "
-        "(an id in several sources counts for the first).",
-        labels=["source"],
+    yield labelled(
+        GaugeMetricFamily(
+            "elevate_import_source_imports",
+            "Number of import ids tracked, by the source they come from "
+            "(an id in several sources counts for the first).",
+            labels=["source"],
+        ),
+        counts,
     )
-    for source, count in counts.items():
-        by_source.add_metric([source], count)
-    yield by_source
     yield GaugeMetricFamily(
         "elevate_import_refused_imports",
         "Number of import ids not tracked because --imports.max-tracked was reached.",
@@ -155,23 +156,25 @@ def _source_families(refused: int, counts: Mapping[str, int]) -> Iterator[Metric
 def _lifecycle_families(
     registrations: Mapping[str, int], retired: Mapping[str, int], skipped: int
 ) -> Iterator[Metric]:
-    registered = CounterMetricFamily(
-        "elevate_import_registrations",
-        "Registrations over /api/v1/imports and by the proxy: ids created or known already, "
-        "and requests refused as invalid, disabled or failed (the store could not take them).",
-        labels=["result"],
+    yield labelled(
+        CounterMetricFamily(
+            "elevate_import_registrations",
+            "Registrations over /api/v1/imports and by the proxy: ids created or known "
+            "already, and requests refused as invalid, disabled or failed (the store could "
+            "not take them).",
+            labels=["result"],
+        ),
+        registrations,
     )
-    for result, count in registrations.items():
-        registered.add_metric([result], count)
-    retired_total = CounterMetricFamily(
-        "elevate_import_retired",
-        "Imports retired (their series left the metrics) after --imports.retention, by the "
-        "status they had.",
-        labels=["status"],
+    yield labelled(
+        CounterMetricFamily(
+            "elevate_import_retired",
+            "Imports retired (their series left the metrics) after --imports.retention, by "
+            "the status they had.",
+            labels=["status"],
+        ),
+        retired,
     )
-    for status, count in retired.items():
-        retired_total.add_metric([status], count)
-    yield from (registered, retired_total)
     yield GaugeMetricFamily(
         "elevate_import_store_skipped_rows",
         "Damaged rows of the store skipped at start-up; they stay in the file untouched, and "
@@ -181,20 +184,23 @@ def _lifecycle_families(
 
 
 def _api_families(api: ApiStats) -> Iterator[Metric]:
-    requests = CounterMetricFamily(
-        "elevate_import_api_requests_total",
-        "Status requests sent to Elevate, by HTTP status code, 'timeout' or 'connection_error'.",
-        labels=["code"],
+    requests = labelled(
+        CounterMetricFamily(
+            "elevate_import_api_requests_total",
+            "Status requests sent to Elevate, by HTTP status code, 'timeout' or "
+            "'connection_error'.",
+            labels=["code"],
+        ),
+        api.requests,
     )
-    for code, count in sorted(api.requests.items()):
-        requests.add_metric([code], count)
-    errors = CounterMetricFamily(
-        "elevate_import_api_errors",
-        "Failed status requests to Elevate, by reason.",
-        labels=["reason"],
+    errors = labelled(
+        CounterMetricFamily(
+            "elevate_import_api_errors",
+            "Failed status requests to Elevate, by reason.",
+            labels=["reason"],
+        ),
+        api.errors,
     )
-    for reason, count in sorted(api.errors.items()):
-        errors.add_metric([reason], count)
     latency = HistogramMetricFamily(
         "elevate_import_api_request_duration_seconds", "Latency of status requests to Elevate."
     )

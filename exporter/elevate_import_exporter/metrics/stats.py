@@ -8,6 +8,9 @@ import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from elevate_import_exporter.core.model import ERROR_REASONS, RequestRecord
 
@@ -24,6 +27,19 @@ def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[t
         total += count
         buckets.append(("+Inf" if math.isinf(bound) else repr(bound), total))
     return buckets
+
+
+Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def labelled(
+    family: Family, counts: Mapping[str, float] | Mapping[tuple[str, ...], float]
+) -> Family:
+    """``family`` (made with its label names) with one sample a key of ``counts``, in the
+    keys' order: a string for one label, a tuple of strings for several."""
+    for key, value in sorted(counts.items()):
+        family.add_metric([key] if isinstance(key, str) else list(key), value)
+    return family
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import BinaryIO, cast
 
+from elevate_import_exporter.httpd.http1 import Head, Http1, Refusal
 from elevate_import_exporter.proxy.http1 import (
     BODY_IDLE_SECONDS,
     CHUNK,
@@ -27,12 +27,10 @@ from elevate_import_exporter.proxy.http1 import (
     BodyClock,
     BodyStalled,
     ClientGone,
-    Framing,
-    RequestHead,
-    body_pieces,
-    chunk,
+    Reader,
+    Writer,
+    chunked,
     end_to_end,
-    framing,
 )
 from elevate_import_exporter.proxy.stats import CLIENT_GONE, ProxyStats, reason_for_status
 from elevate_import_exporter.proxy.tracking import MAX_PARSED_BYTES, import_type
@@ -45,34 +43,33 @@ from elevate_import_exporter.proxy.upstream import (
 
 log = logging.getLogger(__name__)
 
-_NO_BODY_CODES = (204, 304)
 # Methods that change nothing at Elevate: when their client closes its side before the
 # answer, the request upstream ends with it (an answer nobody waits for is worth nothing).
 # After any other request, sent whole, a client's end of sending may be a half-close
 # that still waits for the answer, and the import it started exists either way.
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-# The client reader's buffer, for heads and chunk lines; smaller than a body piece, so that
-# body bytes go from the socket straight into the piece, not through this buffer as well.
-READ_BUFFER = 16 * 1024
 _BAD_TEXT = str.maketrans(dict.fromkeys((*map(chr, range(32)), "\x7f"), " "))
 
 
 class Client:
-    """The connection to a feed job: its socket and a buffered reader over it."""
+    """The connection to a feed job: its socket, read through :class:`Reader` and the
+    one HTTP/1.1 parser, which also writes every answer to it."""
 
     def __init__(
-        self, sock: socket.socket, peer: str, timeout: float, clock: BodyClock | None = None
+        self, sock: socket.socket, peer: str, timeout: float, clock: BodyClock, http1: Http1
     ) -> None:
         self.sock = sock
         self.peer = peer
         self.timeout = timeout
-        self.clock = clock or BodyClock()
+        self.clock = clock
         sock.settimeout(timeout)
-        self.reader = cast(BinaryIO, sock.makefile("rb", buffering=READ_BUFFER))
+        self.reader = Reader(sock, self.clock, http1)
+        self.http1 = self.reader.http1
+        self._writer = Writer(sock)
 
-    def send(self, data: bytes | memoryview) -> None:
+    def send(self, *pieces: bytes) -> None:
         try:
-            self.sock.sendall(data)
+            self._writer.send(pieces)
         except (OSError, ValueError) as exc:
             raise ClientGone(f"writing the answer failed: {type(exc).__name__}") from None
 
@@ -97,7 +94,7 @@ class Exchange:
         upstream: Upstream,
         stats: ProxyStats,
         client: Client,
-        head: RequestHead,
+        head: Head,
         *,
         extra: Sequence[tuple[str, str]] = (),
         drop: frozenset[str] = frozenset(),
@@ -114,32 +111,23 @@ class Exchange:
         """Forward the request and its answer; ``closing()`` is asked as the answer begins
         whether the connection is to end after it (the server is stopping)."""
         try:
-            body = framing(self.head)
-            if (self.head.get("expect") or "100-continue").lower() != "100-continue":
-                raise BadRequest(417, "Only Expect: 100-continue is understood.")
-        except BadRequest as exc:
-            self.error(exc.status, exc.message)
-            return Outcome(exc.status, kind=self.kind)
-        try:
             conn = self.upstream.connect()
         except UpstreamError as exc:
             return self._failed(exc)
         try:
-            return self._through(conn, body, closing=closing)
+            return self._through(conn, closing=closing)
         finally:
             conn.close()  # also what tells Elevate that a client left mid-request
 
-    def _through(
-        self, conn: http.client.HTTPConnection, body: Framing, *, closing: Callable[[], bool]
-    ) -> Outcome:
+    def _through(self, conn: http.client.HTTPConnection, *, closing: Callable[[], bool]) -> Outcome:
         try:
             try:
-                self._send_head(conn, body)
+                self._send_head(conn)
             except ValueError:  # http.client's message would quote the header, key or not
                 raise BadRequest(400, "A header of the request cannot be forwarded.") from None
-            if body.has_body and self.head.get("expect") and self.head.version == "HTTP/1.1":
-                self.client.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-            sent_whole = self._send_body(conn, body)
+            if self.head.has_body and self.client.http1.expects_continue:
+                self.client.send(self.client.http1.continue_())
+            sent_whole = self._send_body(conn)
             assert conn.sock is not None
             stay = self.head.method not in _SAFE_METHODS
             if not wait_for_answer(conn.sock, self.client.sock, self.upstream.timeout, stay=stay):
@@ -152,15 +140,17 @@ class Exchange:
                 return Outcome(408, kind=self.kind)
             log.info("proxy %s %s: %s", self.client.peer, self.head.method, exc)
             return Outcome(CLIENT_GONE, kind=self.kind)
+        except Refusal as exc:  # the body's framing is broken
+            self.error(exc.status, exc.reason)
+            return Outcome(exc.status, kind=self.kind)
         except BadRequest as exc:
             self.error(exc.status, exc.message)
             return Outcome(exc.status, kind=self.kind)
         except Exception as exc:  # failure() raises what is not about the connection
             return self._failed(failure(exc))
-        keep = sent_whole and self.head.keep_alive and not closing()
-        return self._answer(response, keep)
+        return self._answer(response, sent_whole and not closing())
 
-    def _send_head(self, conn: http.client.HTTPConnection, body: Framing) -> None:
+    def _send_head(self, conn: http.client.HTTPConnection) -> None:
         head = self.head
         listed = head.tokens("connection") | self.drop
         conn.putrequest(
@@ -173,42 +163,44 @@ class Exchange:
         for name, value in end_to_end(head.headers, listed):
             if name.lower() not in ("host", "content-length", "expect"):
                 conn.putheader(name, value)
-        if body.chunked:
+        if head.chunked:
             conn.putheader("Transfer-Encoding", "chunked")
         elif head.get("content-length") is not None:
-            conn.putheader("Content-Length", str(body.length))
+            conn.putheader("Content-Length", str(head.length))
         conn.endheaders()
 
-    def _send_body(self, conn: http.client.HTTPConnection, body: Framing) -> bool:
+    def _send_body(self, conn: http.client.HTTPConnection) -> bool:
         """Stream the client's body to Elevate; False if Elevate stopped taking it (it may
-        have answered early, say a 403 before the upload's end)."""
-        if not body.has_body:
+        have answered early, say a 403 before the upload's end).
+
+        A request without a body is read to its end here too: the parser then knows it
+        whole, and the connection may carry the next one."""
+        head = self.head
+        if not head.has_body:
+            for _batch in self.client.reader.body():
+                pass
             return True
+        assert conn.sock is not None
+        upstream = Writer(conn.sock)
         clock = self.client.clock
         clock.begin()
         self.client.sock.settimeout(min(self.client.timeout, BODY_IDLE_SECONDS))
         try:
-            pieces = body_pieces(self.client.reader, body)
-            while True:
-                clock.reading()
-                piece = next(pieces, None)
-                if piece is None:
-                    break
-                clock.got(len(piece))
+            for batch in self.client.reader.body():
                 try:
-                    conn.send(chunk(piece) if body.chunked else piece)
+                    upstream.send(chunked(batch) if head.chunked else batch)
                 except TimeoutError:
                     raise
                 except OSError:
                     return False
-                self.stats.moved("upload", len(piece))
+                self.stats.moved("upload", sum(len(piece) for piece in batch))
         finally:
             clock.end()
             with contextlib.suppress(OSError):
                 self.client.sock.settimeout(self.client.timeout)
-        if body.chunked:
+        if head.chunked:
             try:
-                conn.send(LAST_CHUNK)
+                upstream.send([LAST_CHUNK])
             except TimeoutError:
                 raise
             except OSError:
@@ -220,37 +212,33 @@ class Exchange:
         reason = reason_for_status(status)
         if reason is not None:
             self.stats.upstream_error(reason)
-        has_body = not (
-            self.head.method == "HEAD" or status in _NO_BODY_CODES or 100 <= status < 200
-        )
-        chunked_out = has_body and (response.chunked or response.length is None)
-        if chunked_out and self.head.version != "HTTP/1.1":
-            keep = False  # an HTTP/1.0 client: the end of the connection ends the body
-            chunked_out = False
+        has_body = not (self.head.method == "HEAD" or status in (204, 304) or status < 200)
         listed = {t.strip().lower() for t in (response.getheader("connection") or "").split(",")}
         headers = [
             (name, value.translate(_BAD_TEXT))
             for name, value in end_to_end(response.getheaders(), listed)
             if not (has_body and name.lower() == "content-length")
         ]
-        if has_body and not chunked_out and response.length is not None:
+        # Without a length, the parser frames the answer: chunked for an HTTP/1.1 client,
+        # up to the connection's end for an HTTP/1.0 one.
+        if has_body and not response.chunked and response.length is not None:
             headers.append(("Content-Length", str(response.length)))
-        if chunked_out:
-            headers.append(("Transfer-Encoding", "chunked"))
+        present = {name.lower() for name, _value in headers}
+        headers += [(n, v) for n, v in self.extra_headers if n.lower() not in present]
         encoding = response.getheader("content-encoding") or ""
-        outcome = Outcome(status, keep, self.kind, content_encoding=encoding)
+        outcome = Outcome(status, False, self.kind, content_encoding=encoding)
         kept = bytearray() if has_body and (status == 202 or self._finished(status)) else None
+        http1 = self.client.http1
         try:
-            self.client.send(self._head_bytes(status, response.reason, headers, keep))
-            self._relay(response, chunked_out, kept)
+            self.client.send(http1.begin_answer(status, headers, close=not keep))
+            self._relay(response, kept)
+            outcome.keep_alive = keep and http1.reusable
         except ClientGone as exc:
             log.info("proxy %s %s: %s", self.client.peer, self.head.method, exc)
-            outcome.keep_alive = False
             # The import exists all the same: read on to track it.
             if kept is not None and not self._keep_rest(response, kept):
                 kept = None
         except Exception as exc:  # the answer broke off upstream: the client sees it cut
-            outcome.keep_alive = False
             kept = None
             log.warning("proxy %s: Elevate's answer broke off: %s", self.client.peer, failure(exc))
         if kept is not None and len(kept) <= MAX_PARSED_BYTES:
@@ -260,21 +248,19 @@ class Exchange:
     def _finished(self, status: int) -> bool:
         return self.kind is not None and 200 <= status < 300
 
-    def _relay(
-        self, response: http.client.HTTPResponse, chunked_out: bool, kept: bytearray | None
-    ) -> None:
+    def _relay(self, response: http.client.HTTPResponse, kept: bytearray | None) -> None:
         """Stream the answer's body to the client, keeping a copy in ``kept`` up to just
         over 64 KiB. Raises if Elevate's answer ends early: the client then sees a body
         shorter than announced, or no last chunk, and so knows it is incomplete."""
+        http1 = self.client.http1
         while piece := response.read1(CHUNK):
             if kept is not None and len(kept) <= MAX_PARSED_BYTES:
                 kept += piece
-            self.client.send(chunk(piece) if chunked_out else piece)
+            self.client.send(*http1.answer_piece(piece))
             self.stats.moved("download", len(piece))
         if response.length:  # announced more than it sent
             raise UpstreamError("connection_error", "Elevate's answer ended early.")
-        if chunked_out:
-            self.client.send(LAST_CHUNK)
+        self.client.send(http1.end_answer())
 
     def _keep_rest(self, response: http.client.HTTPResponse, kept: bytearray) -> bool:
         try:
@@ -283,17 +269,6 @@ class Exchange:
         except Exception:
             return False
         return not response.length
-
-    def _head_bytes(
-        self, status: int, reason: str, headers: list[tuple[str, str]], keep: bool
-    ) -> bytes:
-        lines = [f"HTTP/1.1 {status} {reason.translate(_BAD_TEXT)}"]
-        lines += [f"{name}: {value}" for name, value in headers]
-        present = {name.lower() for name, _value in headers}
-        lines += [f"{n}: {v}" for n, v in self.extra_headers if n.lower() not in present]
-        if not keep:
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
     def _failed(self, exc: UpstreamError) -> Outcome:
         self.stats.upstream_error(exc.reason)
@@ -321,10 +296,8 @@ def send_error(
     except ValueError:
         phrase = "Error"
     body = json.dumps({"error": phrase, "message": message}).encode()
-    lines = [f"HTTP/1.1 {status} {phrase}", "Content-Type: application/json"]
-    lines += [f"Content-Length: {len(body)}", "Connection: close"]
+    headers = [("Content-Type", "application/json"), *more]
     present = {name.lower() for name, _value in more}
-    lines += [f"{n}: {v}" for n, v in more]
-    lines += [f"{n}: {v}" for n, v in extra_headers if n.lower() not in present]
+    headers += [(n, v) for n, v in extra_headers if n.lower() not in present]
     with contextlib.suppress(ClientGone):
-        client.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body)
+        client.send(client.http1.answer(status, headers, body, close=True))

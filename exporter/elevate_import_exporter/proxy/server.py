@@ -21,17 +21,15 @@ from elevate_import_exporter.core.logs import redacting
 from elevate_import_exporter.core.model import id_rule
 from elevate_import_exporter.core.records import Registration
 from elevate_import_exporter.httpd.auth import CHALLENGE, RETRY_AFTER, BasicAuth, Verdict
+from elevate_import_exporter.httpd.connections import Connections
+from elevate_import_exporter.httpd.exchange import Exchange as HttpExchange
 from elevate_import_exporter.httpd.handshake import ServerTls
+from elevate_import_exporter.httpd.http1 import Head
+from elevate_import_exporter.httpd.listeners import listen_all
 from elevate_import_exporter.httpd.webconfig import WebConfig
-from elevate_import_exporter.proxy.accept import Acceptor, Connection
 from elevate_import_exporter.proxy.exchange import Client, Exchange, Outcome, send_error
-from elevate_import_exporter.proxy.http1 import (
-    BadRequest,
-    ClientGone,
-    RequestHead,
-    parse_head,
-    read_head,
-)
+from elevate_import_exporter.proxy.http1 import BadRequest, ClientGone, check_head
+from elevate_import_exporter.proxy.policy import SlowBodies
 from elevate_import_exporter.proxy.stats import ProxyStats
 from elevate_import_exporter.proxy.tracking import (
     accepted_import,
@@ -49,8 +47,11 @@ log = logging.getLogger(__name__)
 HEADER_TIMEOUT = 10.0
 # Seconds a kept-alive connection may wait for its next request.
 IDLE_TIMEOUT = 30.0
-# Connections (and so threads) at once; beyond it new ones wait in the listen backlog.
+# Connections (and threads serving them) at once; beyond it new ones wait in the listen
+# backlog, or take the place of a head that is slow to come or of the slowest body.
 MAX_CONNECTIONS = 64
+# Seconds between two looks at the bodies' rates, at most.
+TURN_SECONDS = 0.25
 # Headers whose values are secrets: never a label, whatever --proxy.label-header says.
 SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", "cookie"})
 # Pieces of a request's secrets shorter than this are not looked for in its answer: a
@@ -66,7 +67,7 @@ class ImportProxy:
     hands the import ids of its 202 answers to ``register(registrations, "proxy")``.
 
     ``timeout`` bounds connecting to Elevate, waiting for its answer, and each read and
-    write of a body either way (a client's body: also :data:`proxy_http.BODY_IDLE_SECONDS`
+    write of a body either way (a client's body: also :data:`~.http1.BODY_IDLE_SECONDS`
     and a minimum rate). ``api``: the Elevate API flavour (``--elevate.api``), whose rule
     an id must follow to be tracked. ``label_header``: the request header whose value labels
     the imports tracked (empty: none). ``web_config``: gives the current web config
@@ -103,71 +104,84 @@ class ImportProxy:
         self._web_source = web_config or (lambda: _NO_WEB_CONFIG)
         self._web_lock = threading.Lock()
         self._web: tuple[WebConfig, BasicAuth | None] = (_NO_WEB_CONFIG, None)
-        self._acceptor = Acceptor(
-            addresses,
-            self._serve,
-            tls=tls,
+        self._slow = SlowBodies()
+        listeners = listen_all(addresses)
+        self._connections = Connections(
+            listeners,
+            stream=self._serve,
             header_timeout=header_timeout,
             idle_timeout=idle_timeout,
+            max_threads=max_connections,
             max_connections=max_connections,
+            write_timeout=timeout,
+            tls=tls,
+            on_turn=self._slow.turn,
+            turn_every=TURN_SECONDS,
+            name="proxy",
         )
-        self.ports = self._acceptor.ports
+        connections = self._connections
+        self._slow.full = lambda: connections.open >= connections.max_connections
+        self._slow.listeners = listeners.socks
+        self.ports = connections.ports
 
     @property
     def draining(self) -> bool:
-        return self._acceptor.draining
+        return self._connections.draining
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now, waiting or served."""
+        return self._connections.open
 
     def serve_forever(self) -> None:
         """Accept connections until :meth:`shutdown`, or until a drain has ended."""
-        self._acceptor.serve_forever()
+        self._connections.serve_forever()
 
     def drain(self, seconds: float) -> None:
         """Take no new request; ``serve_forever`` returns once those being forwarded are
         over, or after ``seconds``. Safe from another thread and from a signal handler."""
-        self._acceptor.drain(seconds)
+        self._connections.drain(seconds)
 
     def shutdown(self) -> None:
         """Stop ``serve_forever`` (from another thread) and wait until it has returned."""
-        self._acceptor.shutdown()
+        self._connections.shutdown()
 
     def close(self) -> None:
         """Close the listeners and cut every connection, those being forwarded too."""
-        self._acceptor.close()
+        for exchange in self._connections.busy():
+            exchange.abort()
+        self._connections.close()
 
-    # -- connection threads -----------------------------------------------------------
+    # -- worker threads ---------------------------------------------------------------
 
-    def _serve(self, conn: Connection) -> None:
-        client = Client(conn.sock, conn.peer, self._upstream.timeout, conn.clock)
+    def _serve(self, exchange: HttpExchange) -> None:
+        """One request, handed over by the loop with its head read; the loop takes the
+        connection back for the next one if the answer leaves it reusable."""
+        clock = self._slow.clock(exchange)
         try:
-            while conn.await_request():
-                try:
-                    data = read_head(client.reader)
-                except BadRequest as exc:  # a head too large
-                    self.stats.started()
-                    send_error(client, exc.status, exc.message, self._extra_headers())
-                    self.stats.answered("other", exc.status, 0.0)
-                    conn.linger = True
-                    return
-                if data is None or not conn.begin_request():
-                    return
-                keep = self._request(client, data)
-                if not keep:
-                    conn.linger = True
-                    return
+            client = Client(
+                exchange.sock, exchange.peer, self._upstream.timeout, clock, exchange.http1
+            )
+            if exchange.refusal is not None:  # refused by the parser: answered, then closed
+                refusal = exchange.refusal
+                self.stats.started()
+                send_error(client, refusal.status, refusal.reason, self._extra_headers())
+                method = exchange.head.method if exchange.head else "other"
+                self.stats.answered(method, refusal.status, time.monotonic() - exchange.received)
+            elif exchange.head is not None:
+                self._request(client, exchange.head)
         except ClientGone as exc:
-            log.debug("proxy %s: connection ended: %s", conn.peer, exc)
+            log.debug("proxy %s: connection ended: %s", exchange.peer, exc)
         finally:
-            with contextlib.suppress(OSError):
-                client.reader.close()
+            self._slow.forget(exchange)
 
-    def _request(self, client: Client, data: bytes) -> bool:
+    def _request(self, client: Client, head: Head) -> bool:
         """Answer one request; True if the connection may carry another."""
         started = time.monotonic()
         self.stats.started()
-        method, code = "other", 400
+        code = 500
         try:
-            head = parse_head(data)
-            method, code = head.method, 500
+            check_head(head)
             result = self._forward(client, head)
             code = result.code
         except BadRequest as exc:
@@ -175,7 +189,7 @@ class ImportProxy:
             code = exc.status
             return False
         finally:
-            self.stats.answered(method, code, time.monotonic() - started)
+            self.stats.answered(head.method, code, time.monotonic() - started)
         log.debug(
             "proxy %s %s %s -> %d in %.3f s",
             client.peer,
@@ -187,7 +201,7 @@ class ImportProxy:
         self._track(head, result)
         return result.keep_alive
 
-    def _forward(self, client: Client, head: RequestHead) -> Outcome:
+    def _forward(self, client: Client, head: Head) -> Outcome:
         config, auth = self._web_config()
         extra = tuple(config.http.headers.items())
         drop: frozenset[str] = frozenset()
@@ -207,7 +221,7 @@ class ImportProxy:
         exchange = Exchange(self._upstream, self.stats, client, head, extra=extra, drop=drop)
         return exchange.run(closing=lambda: self.draining)
 
-    def _track(self, head: RequestHead, result: Outcome) -> None:
+    def _track(self, head: Head, result: Outcome) -> None:
         """Count an import request's outcome and register the id of a 202 answer."""
         document = None
         if result.body is not None:
@@ -263,7 +277,7 @@ class ImportProxy:
         return tuple(self._web_config()[0].http.headers.items())
 
 
-def _redactor(head: RequestHead) -> Callable[[str], str]:
+def _redactor(head: Head) -> Callable[[str], str]:
     """What takes the request's own secrets (its key, its credentials) out of text learnt
     from its answer: Elevate may echo them, and what the proxy learns is logged, stored
     and shown, which the client's key never is. The project's redaction, so that escaped

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from elevate_import_exporter import __version__
 from elevate_import_exporter.core.model import DOCUMENTED_STATUSES, safe_text
 from elevate_import_exporter.core.records import ImportRecord
-from elevate_import_exporter.polling.poller import ImportState, RoundResult, Snapshot
+from elevate_import_exporter.core.state import ImportState, RoundResult, Snapshot
 
 # Seconds between the page's own reloads: short enough to watch the demo (which polls
 # every 2 s) move, and rendering from the last round's state costs Elevate nothing.

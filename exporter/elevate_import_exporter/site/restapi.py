@@ -28,7 +28,6 @@ from elevate_import_exporter.core.records import (
     Query,
     Registration,
 )
-from elevate_import_exporter.httpd.framing import Framing
 from elevate_import_exporter.lifecycle.registration import (
     RegistrationError,
     content_type_error,
@@ -143,11 +142,12 @@ class RestApi:
             log.exception("api %s %s failed", request.method, request.path)
             return error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
 
-    def refused(self, request: Request, framing: Framing) -> Answer:
-        """The answer to a request whose framing (its size, its encoding) is refused."""
+    def refused(self, request: Request, status: int, reason: str) -> Answer:
+        """The answer to a request whose framing (its size, its encoding) is refused: a
+        registration refused so counts as an invalid one."""
         if request.method == "POST" and request.path == IMPORTS:
             self._catalog.count("invalid")
-        return error(framing.refusal or HTTPStatus.BAD_REQUEST, framing.reason)
+        return error(HTTPStatus(status), reason)
 
     def _route(self, request: Request) -> Answer:
         path, method = request.path, request.method
