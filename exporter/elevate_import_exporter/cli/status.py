@@ -32,8 +32,8 @@ from elevate_import_exporter.polling.status import (
     open_api,
     watch,
 )
-from elevate_import_exporter.settings.config import Settings, parse_duration
-from elevate_import_exporter.settings.options import LOG_OPTIONS
+from elevate_import_exporter.settings.config import ConfigError, Settings
+from elevate_import_exporter.settings.options import LOG_OPTIONS, duration_between
 
 # The settings of `run` that a status check uses: where Elevate is, the key, the flavour
 # and how to ask. Ids come as arguments.
@@ -50,6 +50,7 @@ STATUS_OPTIONS = tuple(
     )
 )
 INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
+_EXAMPLES = "90s, 30m or 1h"
 EPILOG = """\b
 Exit status:
   0  every import SUCCESS
@@ -101,8 +102,15 @@ def status_command(
     The same settings, key handling and API flavours as run.
     """
     settings = settings_from(api_key=os.environ.get("ELEVATE_API_KEY"), import_ids=ids, **options)
-    timeout = _duration(wait_for, "--timeout", MIN_TIMEOUT, MAX_TIMEOUT)
-    every = _duration(interval, "--interval", MIN_INTERVAL, MAX_INTERVAL)
+    try:
+        timeout = duration_between(
+            wait_for, "--timeout", MIN_TIMEOUT, MAX_TIMEOUT, _EXAMPLES, duration
+        )
+        every = duration_between(
+            interval, "--interval", MIN_INTERVAL, MAX_INTERVAL, _EXAMPLES, duration
+        )
+    except ConfigError as exc:
+        raise SetupError(str(exc)) from None
     logs.configure(settings.log_level, settings.log_format, [settings.api_key.reveal()])
     warn_about(settings)
     view = make_view(
@@ -136,16 +144,6 @@ def _check(settings: Settings, view: View, **how: Any) -> Outcome:
     for reason in sorted(reasons & WHOLE_KEY_HINTS.keys()):
         click.echo(f"hint: {WHOLE_KEY_HINTS[reason]}", err=True)
     return last.outcome
-
-
-def _duration(value: str, name: str, low: float, high: float) -> float:
-    seconds = parse_duration(value)
-    if seconds is None or not low <= seconds <= high:
-        raise SetupError(
-            f"{name} must be a duration such as 90s, 30m or 1h, from {duration(low)} "
-            f"to {duration(high)}, got {value[:100]!r}"
-        )
-    return seconds
 
 
 @contextmanager

@@ -38,8 +38,8 @@ from elevate_import_exporter.lifecycle.track import (
     track,
     usage,
 )
-from elevate_import_exporter.settings.config import ConfigError, parse_duration
-from elevate_import_exporter.settings.options import parse_http_url, shown_url
+from elevate_import_exporter.settings.config import ConfigError
+from elevate_import_exporter.settings.options import duration_between, parse_http_url, shown_url
 
 PASSWORD_ENV = "ELEVATE_EXPORTER_PASSWORD"  # noqa: S105 (the variable's name, not a password)
 MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 600.0
@@ -177,8 +177,10 @@ def track_command(
         credentials = _credentials(username, password_file)
         tls = _tls(ca_file, cert_file, key_file)
         _check_transport(endpoint, credentials, tls, allow_insecure=allow_insecure)
-        seconds = _timeout(timeout)
-    except TrackError as exc:
+        seconds = duration_between(
+            timeout, "--timeout", MIN_TIMEOUT, MAX_TIMEOUT, "500ms, 10s or 1m"
+        )
+    except (TrackError, ConfigError) as exc:
         raise SetupError(str(exc)) from None
     reaper = Reaper()
     # Without TLS options, the system's CAs (as curl and Prometheus), not requests' bundle.
@@ -306,16 +308,6 @@ def _read(path: str, flag: str) -> bytes:
         return read_regular_file(Path(path), MAX_PEM_FILE_BYTES)[1]
     except UnreadableFile as exc:
         raise usage(f"{flag} {path}: {exc}") from None
-
-
-def _timeout(value: str) -> float:
-    seconds = parse_duration(value)
-    if seconds is None or not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:
-        raise usage(
-            f"--timeout must be a duration such as 500ms, 10s or 1m, from {MIN_TIMEOUT:g}s to "
-            f"{MAX_TIMEOUT:g}s, got {value[:100]!r}"
-        )
-    return seconds
 
 
 def _check_transport(

@@ -13,7 +13,12 @@ from elevate_import_exporter.httpd.listeners import ListenError, listen_all
 from elevate_import_exporter.httpd.messages import Answer, Request
 from elevate_import_exporter.httpd.server import Routes, Server
 from elevate_import_exporter.httpd.tls import TlsProvider
-from elevate_import_exporter.httpd.webconfig import WebConfig, WebConfigError, WebConfigWatcher
+from elevate_import_exporter.httpd.webconfig import (
+    WebAccess,
+    WebConfig,
+    WebConfigError,
+    WebConfigWatcher,
+)
 
 __all__ = [
     "END",
@@ -31,6 +36,7 @@ __all__ = [
     "Server",
     "TlsProvider",
     "Verdict",
+    "WebAccess",
     "WebConfig",
     "WebConfigError",
     "WebConfigWatcher",

@@ -89,7 +89,7 @@ class Exchange:
         if data:
             self.sock.sendall(data)
 
-    def send_pieces(self, pieces: Sequence[bytes]) -> None:
+    def send_pieces(self, pieces: Sequence[bytes | memoryview]) -> None:
         """Write ``pieces`` in order, in one system call where the socket allows it."""
         send_pieces(self.sock, pieces)
 
@@ -99,16 +99,33 @@ class Exchange:
             socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
 
 
-def send_pieces(sock: socket.socket, pieces: Sequence[bytes]) -> None:
-    """Write ``pieces`` in order on a blocking ``sock``: gathered by ``sendmsg`` on a
-    plain socket, so that a large piece is not copied behind a small one; one by one
-    through TLS, which cannot gather."""
-    if isinstance(sock, ssl.SSLSocket) or len(pieces) < 2:
+def send_pieces(
+    sock: socket.socket,
+    pieces: Sequence[bytes | memoryview],
+    scratch: bytearray | None = None,
+) -> None:
+    """Write ``pieces`` in order on a blocking ``sock`` in as few system calls as it can:
+    gathered by one ``sendmsg`` on a plain socket, so that a large piece is not copied
+    behind a small one. TLS cannot gather: there the pieces are copied into ``scratch``
+    (grown as needed, and kept by the caller for the next call) and written at once, or,
+    without one, written one by one."""
+    pieces = [piece for piece in pieces if len(piece)]
+    if len(pieces) < 2 or (isinstance(sock, ssl.SSLSocket) and scratch is None):
         for piece in pieces:
-            if piece:
-                sock.sendall(piece)
+            sock.sendall(piece)
         return
-    views = [memoryview(piece) for piece in pieces if piece]
+    if isinstance(sock, ssl.SSLSocket):
+        assert scratch is not None
+        size = sum(len(piece) for piece in pieces)
+        if len(scratch) < size:
+            scratch.extend(bytes(size - len(scratch)))
+        view, at = memoryview(scratch), 0
+        for piece in pieces:
+            view[at : at + len(piece)] = piece
+            at += len(piece)
+        sock.sendall(view[:size])
+        return
+    views = [memoryview(piece) for piece in pieces]
     while views:
         sent = sock.sendmsg(views)
         while views and sent >= len(views[0]):

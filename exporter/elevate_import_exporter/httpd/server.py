@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import resource
-import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from email.utils import formatdate
@@ -34,7 +33,7 @@ from elevate_import_exporter.httpd.connections import Connections
 from elevate_import_exporter.httpd.handshake import ServerTls
 from elevate_import_exporter.httpd.listeners import listen_all
 from elevate_import_exporter.httpd.messages import Answer, Request
-from elevate_import_exporter.httpd.webconfig import WebConfig
+from elevate_import_exporter.httpd.webconfig import WebAccess, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,6 @@ DRAIN_SECONDS = 5.0
 
 SERVER = f"elevate-import-exporter/{__version__}"
 BUSY = "too many authentication checks at once; try again shortly"
-_NO_WEB_CONFIG = WebConfig()
 
 
 class Routes(Protocol):
@@ -111,10 +109,7 @@ class Server:
     ) -> None:
         self.routes = routes
         self.auth_exempt_paths = frozenset(auth_exempt_paths)
-        self._web_lock = threading.Lock()
-        self._web: tuple[WebConfig, BasicAuth | None] = (_NO_WEB_CONFIG, None)
-        self._web_source: Callable[[], WebConfig] = lambda: _NO_WEB_CONFIG
-        self.reload_web_config(web_config)
+        self._access = WebAccess(web_config)
         self._connections = Connections(
             listen_all([(host, port), *extra_addresses]),
             self._respond,
@@ -128,21 +123,11 @@ class Server:
 
     def reload_web_config(self, config: WebConfig | Callable[[], WebConfig] | None) -> None:
         """Serve with ``config`` from the next request on (SIGHUP)."""
-        fixed = config or _NO_WEB_CONFIG
-        source = fixed if callable(fixed) else lambda: fixed
-        with self._web_lock:
-            self._web_source = source
-        self.web()
+        self._access.reload(config)
 
     def web(self) -> tuple[WebConfig, BasicAuth | None]:
         """The web config for a request, and the basic auth it asks for (None: none)."""
-        with self._web_lock:
-            config = self._web_source()
-            if config is not self._web[0]:
-                users = config.basic_auth_users
-                # A new BasicAuth also forgets the checks remembered under the old users.
-                self._web = (config, BasicAuth(users) if users else None)
-            return self._web
+        return self._access.current()
 
     @property
     def port(self) -> int:

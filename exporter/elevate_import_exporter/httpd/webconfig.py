@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from elevate_import_exporter.core.files import (
     read_regular_file,
     read_text_file,
 )
+from elevate_import_exporter.httpd.auth import BasicAuth
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,39 @@ def _kind(value: object) -> str:
     kinds = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}
     kinds[type(None)] = "nothing"
     return kinds.get(type(value), f"a {type(value).__name__}")
+
+
+_NO_CONFIG = WebConfig()
+
+
+class WebAccess:
+    """The web config a request is served with, and the basic auth its users ask for
+    (None: none). ``source`` is a web config, or a function giving the current one (such
+    as :meth:`WebConfigWatcher.current`), asked once a request; a new config brings a new
+    :class:`~.auth.BasicAuth`, which also forgets the checks remembered under the old
+    users."""
+
+    def __init__(self, source: WebConfig | Callable[[], WebConfig] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._current: tuple[WebConfig, BasicAuth | None] = (_NO_CONFIG, None)
+        self._source: Callable[[], WebConfig] = lambda: _NO_CONFIG
+        self.reload(source)
+
+    def reload(self, source: WebConfig | Callable[[], WebConfig] | None) -> None:
+        """Serve with ``source`` from the next request on (SIGHUP)."""
+        fixed = source or _NO_CONFIG
+        getter = fixed if callable(fixed) else lambda: fixed
+        with self._lock:
+            self._source = getter
+        self.current()
+
+    def current(self) -> tuple[WebConfig, BasicAuth | None]:
+        with self._lock:
+            config = self._source()
+            if config is not self._current[0]:
+                users = config.basic_auth_users
+                self._current = (config, BasicAuth(users) if users else None)
+            return self._current
 
 
 class WebConfigWatcher:

@@ -32,9 +32,11 @@ def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[t
 Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
 
 
-def labelled(
-    family: Family, counts: Mapping[str, float] | Mapping[tuple[str, ...], float]
-) -> Family:
+# Mapping's key type is invariant: each key shape the families use is named.
+Counts = Mapping[str, float] | Mapping[tuple[str, str], float] | Mapping[tuple[str, ...], float]
+
+
+def labelled(family: Family, counts: Counts) -> Family:
     """``family`` (made with its label names) with one sample a key of ``counts``, in the
     keys' order: a string for one label, a tuple of strings for several."""
     for key, value in sorted(counts.items()):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import cast
 
+from elevate_import_exporter.httpd.exchange import send_pieces
 from elevate_import_exporter.httpd.http1 import END, Head, Http1, PeerClosed
 
 # Bytes read at a time from the client, and about the most sent on at once, each way.
@@ -213,46 +214,16 @@ class Reader:
 
 
 class Writer:
-    """Writes pieces to a socket in as few system calls as it can: one ``sendmsg`` of
-    them all on a plain socket, one write from a reused buffer under TLS (which has no
-    ``sendmsg``). Raises what the socket raises."""
+    """Writes pieces to one socket in as few system calls as it can
+    (:func:`~elevate_import_exporter.httpd.exchange.send_pieces`), with one reused buffer
+    for TLS, which cannot gather. Raises what the socket raises."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._tls = isinstance(sock, ssl.SSLSocket)
         self._scratch = bytearray()
 
     def send(self, pieces: Sequence[bytes | memoryview]) -> None:
-        if not pieces:
-            return
-        if self._tls or len(pieces) == 1:
-            self._send_one(pieces)
-            return
-        views = [memoryview(piece) for piece in pieces if len(piece)]
-        while views:
-            sent = self.sock.sendmsg(views)
-            while sent:
-                first = len(views[0])
-                if sent >= first:
-                    sent -= first
-                    views.pop(0)
-                else:
-                    views[0] = views[0][sent:]
-                    sent = 0
-
-    def _send_one(self, pieces: Sequence[bytes | memoryview]) -> None:
-        if len(pieces) == 1:
-            self.sock.sendall(pieces[0])
-            return
-        size = sum(len(piece) for piece in pieces)
-        if len(self._scratch) < size:
-            self._scratch = bytearray(size)
-        view = memoryview(self._scratch)
-        at = 0
-        for piece in pieces:
-            view[at : at + len(piece)] = piece
-            at += len(piece)
-        self.sock.sendall(view[:size])
+        send_pieces(self.sock, pieces, self._scratch)
 
 
 def chunked(batch: list[bytes]) -> list[bytes]:

@@ -12,7 +12,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from elevate_import_exporter.metrics.stats import cumulative_buckets
+from elevate_import_exporter.metrics.stats import cumulative_buckets, labelled
 from elevate_import_exporter.proxy.stats import DURATION_BUCKETS, ProxySnapshot, ProxyStats
 
 
@@ -28,53 +28,53 @@ class ProxyCollector(Collector):
 
 
 def _families(stats: ProxySnapshot) -> Iterator[Metric]:
-    requests = CounterMetricFamily(
-        "elevate_import_proxy_requests",
-        "Requests through the import proxy, by method (other: outside the usual ones) and "
-        "the code answered: Elevate's, or the proxy's own (502 Elevate not reached, 504 no "
-        "answer in time, 499 the client left first, 4xx a request refused here).",
-        labels=["method", "code"],
+    yield labelled(
+        CounterMetricFamily(
+            "elevate_import_proxy_requests",
+            "Requests through the import proxy, by method (other: outside the usual ones) and "
+            "the code answered: Elevate's, or the proxy's own (502 Elevate not reached, 504 no "
+            "answer in time, 499 the client left first, 4xx a request refused here).",
+            labels=["method", "code"],
+        ),
+        stats.requests,
     )
-    for (method, code), count in sorted(stats.requests.items()):
-        requests.add_metric([method, code], count)
-    yield requests
     yield _duration(stats)
-    moved = CounterMetricFamily(
-        "elevate_import_proxy_bytes",
-        "Body bytes forwarded by the import proxy: upload (feed job to Elevate), download "
-        "(Elevate's answers back).",
-        labels=["direction"],
+    yield labelled(
+        CounterMetricFamily(
+            "elevate_import_proxy_bytes",
+            "Body bytes forwarded by the import proxy: upload (feed job to Elevate), download "
+            "(Elevate's answers back).",
+            labels=["direction"],
+        ),
+        stats.bytes,
     )
-    for direction, count in sorted(stats.bytes.items()):
-        moved.add_metric([direction], count)
-    yield moved
-    tracked = CounterMetricFamily(
-        "elevate_import_proxy_tracked",
-        "Import ids the proxy found in 202 answers and registered for tracking, by type.",
-        labels=["type"],
+    yield labelled(
+        CounterMetricFamily(
+            "elevate_import_proxy_tracked",
+            "Import ids the proxy found in 202 answers and registered for tracking, by type.",
+            labels=["type"],
+        ),
+        stats.tracked,
     )
-    for kind, count in sorted(stats.tracked.items()):
-        tracked.add_metric([kind], count)
-    yield tracked
-    imports = CounterMetricFamily(
-        "elevate_import_proxy_imports",
-        "Import requests through the proxy by type and outcome: accepted (202), finished "
-        "(2xx; success, failure or aborted when the answer names it), refused (4xx), "
-        "failed (5xx or Elevate not reached), cut (the client left first).",
-        labels=["type", "outcome"],
+    yield labelled(
+        CounterMetricFamily(
+            "elevate_import_proxy_imports",
+            "Import requests through the proxy by type and outcome: accepted (202), finished "
+            "(2xx; success, failure or aborted when the answer names it), refused (4xx), "
+            "failed (5xx or Elevate not reached), cut (the client left first).",
+            labels=["type", "outcome"],
+        ),
+        stats.imports,
     )
-    for (kind, outcome), count in sorted(stats.imports.items()):
-        imports.add_metric([kind, outcome], count)
-    yield imports
-    errors = CounterMetricFamily(
-        "elevate_import_proxy_upstream_errors",
-        "Requests through the proxy that Elevate refused or failed, or that did not reach it, "
-        "by reason (the reasons of elevate_import_api_errors).",
-        labels=["reason"],
+    yield labelled(
+        CounterMetricFamily(
+            "elevate_import_proxy_upstream_errors",
+            "Requests through the proxy that Elevate refused or failed, or that did not reach it, "
+            "by reason (the reasons of elevate_import_api_errors).",
+            labels=["reason"],
+        ),
+        stats.upstream_errors,
     )
-    for reason, count in sorted(stats.upstream_errors.items()):
-        errors.add_metric([reason], count)
-    yield errors
     yield CounterMetricFamily(
         "elevate_import_proxy_registration_failures",
         "Import ids from 202 answers that could not be registered (the store failed).",

@@ -13,20 +13,19 @@ import base64
 import binascii
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 
 from elevate_import_exporter.core.logs import redacting
 from elevate_import_exporter.core.model import id_rule
 from elevate_import_exporter.core.records import Registration
-from elevate_import_exporter.httpd.auth import CHALLENGE, RETRY_AFTER, BasicAuth, Verdict
+from elevate_import_exporter.httpd.auth import CHALLENGE, RETRY_AFTER, Verdict
 from elevate_import_exporter.httpd.connections import Connections
 from elevate_import_exporter.httpd.exchange import Exchange as HttpExchange
 from elevate_import_exporter.httpd.handshake import ServerTls
 from elevate_import_exporter.httpd.http1 import Head
 from elevate_import_exporter.httpd.listeners import listen_all
-from elevate_import_exporter.httpd.webconfig import WebConfig
+from elevate_import_exporter.httpd.webconfig import WebAccess, WebConfig
 from elevate_import_exporter.proxy.exchange import Client, Exchange, Outcome, send_error
 from elevate_import_exporter.proxy.http1 import BadRequest, ClientGone, check_head
 from elevate_import_exporter.proxy.policy import SlowBodies
@@ -57,7 +56,6 @@ SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", "
 # Pieces of a request's secrets shorter than this are not looked for in its answer: a
 # password "P" would take every P out of a type, and shows little in any case.
 MIN_SECRET_CHARS = 4
-_NO_WEB_CONFIG = WebConfig()
 
 Register = Callable[[Sequence[Registration], str], list[bool]]
 
@@ -101,9 +99,7 @@ class ImportProxy:
             label_header = ""
         self._label_header = label_header
         self._label_key = label_key(label_header) if label_header else ""
-        self._web_source = web_config or (lambda: _NO_WEB_CONFIG)
-        self._web_lock = threading.Lock()
-        self._web: tuple[WebConfig, BasicAuth | None] = (_NO_WEB_CONFIG, None)
+        self._access = WebAccess(web_config)
         self._slow = SlowBodies()
         listeners = listen_all(addresses)
         self._connections = Connections(
@@ -175,34 +171,29 @@ class ImportProxy:
         finally:
             self._slow.forget(exchange)
 
-    def _request(self, client: Client, head: Head) -> bool:
-        """Answer one request; True if the connection may carry another."""
+    def _request(self, client: Client, head: Head) -> None:
+        """Answer one request, then track what its answer names. It counts as answered
+        once tracked, so that a registration is never behind the count that reports it;
+        its duration ends with the answer."""
         started = time.monotonic()
         self.stats.started()
-        code = 500
+        code, took = 500, None
         try:
             check_head(head)
             result = self._forward(client, head)
-            code = result.code
+            code, took = result.code, time.monotonic() - started
+            log.debug(
+                "proxy %s %s %s -> %d in %.3f s", client.peer, head.method, head.path, code, took
+            )
+            self._track(head, result)
         except BadRequest as exc:
             send_error(client, exc.status, exc.message, self._extra_headers())
             code = exc.status
-            return False
         finally:
-            self.stats.answered(head.method, code, time.monotonic() - started)
-        log.debug(
-            "proxy %s %s %s -> %d in %.3f s",
-            client.peer,
-            head.method,
-            head.path,
-            code,
-            time.monotonic() - started,
-        )
-        self._track(head, result)
-        return result.keep_alive
+            self.stats.answered(head.method, code, took or time.monotonic() - started)
 
     def _forward(self, client: Client, head: Head) -> Outcome:
-        config, auth = self._web_config()
+        config, auth = self._access.current()
         extra = tuple(config.http.headers.items())
         drop: frozenset[str] = frozenset()
         if auth is not None:
@@ -265,16 +256,8 @@ class ImportProxy:
         self.stats.tracked(metric_type(kind))
         log.info("proxy: tracking import %s (%s) from %s", import_id, kind or "no type", head.path)
 
-    def _web_config(self) -> tuple[WebConfig, BasicAuth | None]:
-        config = self._web_source()
-        with self._web_lock:
-            if config is not self._web[0]:
-                users = config.basic_auth_users
-                self._web = (config, BasicAuth(users) if users else None)
-            return self._web
-
     def _extra_headers(self) -> tuple[tuple[str, str], ...]:
-        return tuple(self._web_config()[0].http.headers.items())
+        return tuple(self._access.current()[0].http.headers.items())
 
 
 def _redactor(head: Head) -> Callable[[str], str]:

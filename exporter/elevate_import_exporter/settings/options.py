@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -246,6 +247,26 @@ def parse_duration(value: str) -> float | None:
     return float(
         sum(int(n) * unit for n, unit in zip(match.groups(), _UNIT_SECONDS, strict=True) if n)
     )
+
+
+def duration_between(
+    value: str,
+    name: str,
+    low: float,
+    high: float,
+    examples: str,
+    shown: Callable[[float], str] = "{:g}s".format,
+) -> float:
+    """The seconds of ``value``, a duration from ``low`` to ``high``, else
+    :class:`ConfigError` naming ``name`` and giving ``examples`` (``shown`` writes the
+    bounds)."""
+    seconds = parse_duration(value)
+    if seconds is None or not low <= seconds <= high:
+        raise ConfigError(
+            f"{name} must be a duration such as {examples}, from {shown(low)} to "
+            f"{shown(high)}, got {value[:100]!r}"
+        )
+    return seconds
 
 
 def parse_listen_address(address: str, name: str) -> tuple[str, int]:
