@@ -21,6 +21,7 @@ import pytest
 
 from elevate_import_exporter.app import Application as Exporter
 from elevate_import_exporter.settings.config import LOG_OPTIONS, RUN_OPTIONS
+from elevate_import_exporter.settings.options import PROXY_OPTIONS, REGISTRATION_PASSWORD_ENV
 from elevate_import_exporter.simulator import Simulator
 from tests.support import Exporters, free_port, fresh_store_path, stop_process, wait_until
 
@@ -81,7 +82,8 @@ TRACK_VARIABLES = (
 # option is covered the day it is added; plus the key, which no flag takes, and the
 # simulator's address of `demo` and `simulate`.
 EXPORTER_ENV = (
-    *(option.env for option in (*RUN_OPTIONS, *LOG_OPTIONS)),
+    *(option.env for option in (*RUN_OPTIONS, *LOG_OPTIONS, *PROXY_OPTIONS)),
+    REGISTRATION_PASSWORD_ENV,
     "ELEVATE_API_KEY",
     "ELEVATE_SIMULATOR_LISTEN_ADDRESS",
     *TRACK_VARIABLES,

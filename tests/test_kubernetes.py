@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -27,10 +28,19 @@ import pytest
 import yaml
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.settings.config import LOG_OPTIONS, RUN_OPTIONS
+from elevate_import_exporter.cli import cli
+from elevate_import_exporter.settings.config import LOG_OPTIONS, RUN_OPTIONS, parse_duration
 from elevate_import_exporter.simulator import Simulator
-from tests.conftest import SIM_KEY, ExporterProcessFor
-from tests.support import free_port, missing, need_tool, scrape, wait_until
+from tests.conftest import SIM_KEY, ExporterProcessFor, exporter_env
+from tests.support import (
+    Scrape,
+    free_port,
+    missing,
+    need_tool,
+    scrape,
+    stop_process,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATOR = REPO / "deploy" / "generate.py"
@@ -58,13 +68,17 @@ RENDERINGS = {
     "base": KUBERNETES / "base",
     "everything": KUBERNETES,
     "overlay": KUBERNETES / "examples" / "registration-and-proxy",
+    # The exporter and, beside it, the standalone import proxy (components/standalone-proxy).
+    "standalone": KUBERNETES / "examples" / "standalone-proxy",
 }
+PROXY = "elevate-import-proxy"
 KINDS = {"ConfigMap", "Deployment", "NetworkPolicy", "PersistentVolumeClaim", "Service"}
 OPERATOR_KINDS = {"PrometheusRule", "ServiceMonitor"}
 EXPECTED_KINDS = {
     "base": KINDS,
     "everything": KINDS | OPERATOR_KINDS,
     "overlay": KINDS | OPERATOR_KINDS | {"Namespace"},
+    "standalone": KINDS | OPERATOR_KINDS | {"Namespace", "PodDisruptionBudget"},
 }
 
 Object = dict[str, Any]
@@ -100,9 +114,23 @@ def rendered(name: str) -> list[Object]:
     return copy.deepcopy(_rendered[name])
 
 
+def is_proxys(obj: Object) -> bool:
+    return bool(obj["metadata"].get("labels", {}).get("app.kubernetes.io/name") == PROXY)
+
+
+def exporters_part(objects: list[Object]) -> list[Object]:
+    """The objects of the exporter (and those of no one, as the Namespace)."""
+    return [o for o in objects if not is_proxys(o)]
+
+
+def proxys_part(objects: list[Object]) -> list[Object]:
+    return [o for o in objects if is_proxys(o)]
+
+
 @pytest.fixture(params=list(RENDERINGS))
 def objects(request: pytest.FixtureRequest) -> list[Object]:
-    return rendered(request.param)
+    """The exporter's objects of each rendering: its checks hold beside the proxy too."""
+    return exporters_part(rendered(request.param))
 
 
 def of_kind(objects: list[Object], kind: str) -> list[Object]:
@@ -174,7 +202,7 @@ def test_kubectl_kustomize_renders_the_base_the_whole_set_and_the_example_overla
     assert {o["kind"] for o in objects} == EXPECTED_KINDS[name]
     names = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert len(names) == len(set(names))
-    if name == "overlay":
+    if name in {"overlay", "standalone"}:
         assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {
             one(objects, "Namespace")["metadata"]["name"]
         }
@@ -193,10 +221,9 @@ def validate_core(obj: Object) -> None:
     kubernetes_validate().validate(obj, KUBERNETES_RELEASE, strict=True)
 
 
-def test_every_rendered_object_validates_against_the_kubernetes_schemas(
-    objects: list[Object],
-) -> None:
-    for obj in objects:
+@pytest.mark.parametrize("name", list(RENDERINGS))
+def test_every_rendered_object_validates_against_the_kubernetes_schemas(name: str) -> None:
+    for obj in rendered(name):
         if obj["kind"] not in OPERATOR_KINDS:
             try:
                 validate_core(obj)
@@ -252,7 +279,7 @@ def validate_custom(obj: Object) -> None:
     jsonschema.Draft7Validator(strict(schema)).validate(obj)
 
 
-@pytest.mark.parametrize("name", ["everything", "overlay"])
+@pytest.mark.parametrize("name", ["everything", "overlay", "standalone"])
 def test_the_operator_resources_validate_against_the_shipped_crd_schemas(name: str) -> None:
     found = [o for o in rendered(name) if o["kind"] in OPERATOR_KINDS]
     assert {o["kind"] for o in found} == OPERATOR_KINDS
@@ -544,6 +571,273 @@ def test_the_overlays_settings_start_an_exporter_that_registers_and_proxies(
     assert counts == {"file": 2, "api": 1, "proxy": 1}
 
 
+# -- the standalone import proxy beside the exporter ------------------------------------
+
+
+def proxy_options() -> dict[str, Any]:
+    """The ``proxy`` command's options by flag: what the manifests may set."""
+    return {flag: param for param in cli.commands["proxy"].params for flag in param.opts}
+
+
+def proxy_args(objects: list[Object]) -> dict[str, str]:
+    """The proxy container's ``--flag=value`` arguments after ``proxy``."""
+    args = container(objects)["args"]
+    assert args[0] == "proxy"
+    pairs = [a.split("=", 1) for a in args[1:]]
+    assert all(len(pair) == 2 for pair in pairs), "one --flag=value an argument"
+    found = dict(pairs)
+    assert len(found) == len(pairs), "a flag given twice"
+    return found
+
+
+def seconds(duration: str) -> float:
+    """A duration in the exporter's syntax, read by the exporter's own parser."""
+    found = parse_duration(duration)
+    assert found is not None, duration
+    return found
+
+
+def selects(selector: dict[str, str], objects: list[Object]) -> bool:
+    return selector.items() <= pod_labels(objects).items()
+
+
+def test_the_proxy_and_the_exporter_each_select_only_their_own_pods() -> None:
+    everything = rendered("standalone")
+    exporter, proxy = exporters_part(everything), proxys_part(everything)
+    assert proxy, "the proxy's objects carry app.kubernetes.io/name=elevate-import-proxy"
+    for own, other in ((exporter, proxy), (proxy, exporter)):
+        selectors = {
+            "Deployment": one(own, "Deployment")["spec"]["selector"]["matchLabels"],
+            "Service": one(own, "Service")["spec"]["selector"],
+            "NetworkPolicy": one(own, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+        }
+        if own is proxy:
+            pdb = one(own, "PodDisruptionBudget")
+            selectors["PodDisruptionBudget"] = pdb["spec"]["selector"]["matchLabels"]
+        for kind, selector in selectors.items():
+            assert selects(selector, own), kind
+            # The exporter's Service sending scrapes, or the budget counting, the wrong pods.
+            assert not selects(selector, other), kind
+
+
+def test_two_proxy_replicas_roll_out_one_new_pod_before_each_old_one_stops() -> None:
+    proxy = proxys_part(rendered("standalone"))
+    spec = one(proxy, "Deployment")["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["strategy"]["rollingUpdate"]["maxSurge"] >= 1
+    budget = one(proxy, "PodDisruptionBudget")["spec"]
+    assert budget == {"minAvailable": 1, "selector": budget["selector"]}
+    assert budget["minAvailable"] < spec["replicas"], "else no node could ever be drained"
+
+
+def test_the_proxys_pod_is_locked_down_as_the_exporters_and_holds_no_key() -> None:
+    everything = rendered("standalone")
+    exporter, proxy = exporters_part(everything), proxys_part(everything)
+    for key in ("securityContext", "automountServiceAccountToken", "enableServiceLinks"):
+        assert pod_spec(proxy)[key] == pod_spec(exporter)[key], key
+    assert container(proxy)["securityContext"] == container(exporter)["securityContext"]
+    assert container(proxy)["image"] == container(exporter)["image"]
+    assert [v for v in pod_spec(proxy)["volumes"] if set(v) != {"name", "emptyDir"}] == []
+    assert "env" not in container(proxy), "every setting from its ConfigMap or its flags"
+    assert "cpu" not in container(proxy)["resources"]["limits"], "throttling slows feeds"
+    memory = container(proxy)["resources"]["limits"]["memory"]
+    assert bytes_of(memory) > 2 * PROXY_BUFFERS
+
+
+def test_the_proxys_probes_ask_its_own_web_port_and_readiness_is_quick_to_notice() -> None:
+    proxy = proxys_part(rendered("standalone"))
+    options = proxy_options()
+    assert options["--web.listen-address"].default == (":10028",)
+    assert options["--proxy.listen-address"].default == (":10027",)
+    assert container_ports(proxy) == {"proxy": 10027, "http": 10028}
+    assert not {"--web.listen-address", "--proxy.listen-address"} & proxy_args(proxy).keys()
+    assert not {"ELEVATE_EXPORTER_LISTEN_ADDRESS"} & env(proxy).keys()
+    own = container(proxy)
+    for probe, path in {
+        "startupProbe": "/-/healthy",
+        "livenessProbe": "/-/healthy",
+        "readinessProbe": "/-/ready",
+    }.items():
+        assert own[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    ready = own["readinessProbe"]
+    assert ready["periodSeconds"] * ready["failureThreshold"] <= 10
+
+
+def test_the_grace_period_outlasts_the_prestop_sleep_the_drain_and_the_last_delivery() -> None:
+    proxy = proxys_part(rendered("standalone"))
+    drain = seconds(proxy_args(proxy)["--proxy.drain-timeout"])
+    assert drain == seconds(proxy_options()["--proxy.drain-timeout"].default)
+    assert drain >= 600, "long enough for a big feed"
+    pause = container(proxy)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # Long enough for endpoints to reach kube-proxy, short against the drain.
+    assert 5 <= pause <= 30
+    # The proxy hands over what it still holds for up to 30 s after the drain.
+    assert pod_spec(proxy)["terminationGracePeriodSeconds"] >= pause + drain + 30
+
+
+def test_the_spool_is_on_a_writable_scratch_volume_of_the_pod_under_a_read_only_root() -> None:
+    proxy = proxys_part(rendered("standalone"))
+    spool = proxy_args(proxy)["--registration.spool"]
+    mount, volume = volume_of_path(proxy, spool)
+    assert not mount.get("readOnly")
+    assert "subPath" not in mount
+    assert bytes_of(volume["emptyDir"]["sizeLimit"]) >= 2**20
+    assert container(proxy)["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_proxy_hands_its_ids_to_the_exporters_service_which_takes_registrations() -> None:
+    everything = rendered("standalone")
+    exporter, proxy = exporters_part(everything), proxys_part(everything)
+    url = urllib.parse.urlsplit(proxy_args(proxy)["--registration.url"])
+    service = one(exporter, "Service")
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert (url.scheme, url.hostname, url.port, url.path) == (
+        "http",
+        service["metadata"]["name"],
+        ports["http"],
+        "",
+    )
+    assert container_ports(exporter)["http"] == 10025
+    assert "--web.enable-registration" in container(exporter)["args"]
+    assert "--proxy.listen-address" not in container(exporter)["args"], "the proxy is apart"
+    assert env(proxy)["ELEVATE_CLUSTER_ID"] == env(exporter)["ELEVATE_CLUSTER_ID"]
+
+
+def test_the_policies_admit_feed_jobs_to_the_proxy_and_the_proxy_to_the_registration_port() -> None:
+    everything = rendered("standalone")
+    exporter, proxy = exporters_part(everything), proxys_part(everything)
+    # The proxy: Prometheus of "monitoring" to its metrics, the feed jobs of "feeds" to
+    # the proxy port; nobody else, nothing else.
+    rules = one(proxy, "NetworkPolicy")["spec"]
+    assert rules["policyTypes"] == ["Ingress"]
+    assert admitted(one(proxy, "NetworkPolicy")) == {
+        PROMETHEUS_PODS: {"http"},
+        FEED_PODS: {"proxy"},
+    }
+    namespaces = {
+        json.dumps(peer["podSelector"]["matchLabels"]): peer["namespaceSelector"]["matchLabels"]
+        for rule in rules["ingress"]
+        for peer in rule["from"]
+    }
+    assert namespaces == {
+        PROMETHEUS_PODS: {"kubernetes.io/metadata.name": "monitoring"},
+        FEED_PODS: {"kubernetes.io/metadata.name": "feeds"},
+    }
+    for rule in rules["ingress"]:
+        assert {p["port"] for p in rule["ports"]} <= set(container_ports(proxy))
+    # The exporter: Prometheus as before, and the proxy's pods of its own namespace (a
+    # podSelector alone) to the port of registration; the feed jobs no longer.
+    ingress = one(exporter, "NetworkPolicy")["spec"]["ingress"]
+    from_proxy = [
+        r
+        for r in ingress
+        if any(selects(p["podSelector"]["matchLabels"], proxy) for p in r["from"])
+    ]
+    (rule,) = from_proxy
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": PROXY}}}]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    peers = [json.dumps(p["podSelector"]["matchLabels"]) for r in ingress for p in r["from"]]
+    assert FEED_PODS not in peers
+
+
+def test_the_proxys_service_and_service_monitor_reach_its_two_ports() -> None:
+    proxy = proxys_part(rendered("standalone"))
+    service = one(proxy, "Service")
+    ports = container_ports(proxy)
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    assert all(p["targetPort"] == p["name"] for p in service["spec"]["ports"])
+    monitor = one(proxy, "ServiceMonitor")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == PROXY
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_every_flag_and_variable_given_to_the_proxy_is_one_the_proxy_command_reads() -> None:
+    proxy = proxys_part(rendered("standalone"))
+    options = proxy_options()
+    assert proxy_args(proxy).keys() <= options.keys()
+    variables = {param.envvar for param in options.values()}
+    assert env(proxy).keys() <= variables
+    assert "--registration.url" in proxy_args(proxy), "required"
+
+
+def test_the_standalone_overlays_settings_forward_a_feed_and_register_its_id_as_the_proxys(
+    simulator: Simulator, exporter_process: ExporterProcessFor, tmp_path: Path
+) -> None:
+    """The overlay's exporter and proxy, each with its own flags and variables, as processes."""
+    everything = rendered("standalone")
+    exporter_objects, proxy = exporters_part(everything), proxys_part(everything)
+    variables = env(exporter_objects)
+    key_file = tmp_path / "api-key"
+    key_file.write_text(SIM_KEY, encoding="utf-8")
+    variables["ELEVATE_API_KEY_FILE"] = str(key_file)
+    (tmp_path / "ids.txt").write_text("", encoding="utf-8")
+    variables["ELEVATE_IMPORT_IDS_FILE"] = str(tmp_path / "ids.txt")
+    variables["ELEVATE_EXPORTER_STORAGE_PATH"] = str(tmp_path / "store.db")
+    del variables["ELEVATE_CLUSTER_ID"]
+    variables["ELEVATE_BASE_URL"] = simulator.url
+    variables["ELEVATE_MIN_POLL_INTERVAL"] = "0s"
+    exporter = exporter_process(*container(exporter_objects)["args"][1:], env=variables)
+
+    # The proxy's own: its flags, with the exporter and the spool moved here.
+    flags = proxy_args(proxy)
+    flags["--registration.url"] = exporter.url
+    flags["--registration.spool"] = str(tmp_path / "spool" / "registrations")
+    (tmp_path / "spool").mkdir()
+    feeds, web = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    flags.update({"--proxy.listen-address": feeds, "--web.listen-address": web})
+    proxy_env = {k: v for k, v in exporter_env().items() if k != "ELEVATE_EXPORTER_STORAGE_PATH"}
+    proxy_env.update(env(proxy))
+    del proxy_env["ELEVATE_CLUSTER_ID"]
+    proxy_env["ELEVATE_BASE_URL"] = simulator.url
+    stderr_path = tmp_path / "proxy.stderr"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "elevate_import_exporter", "proxy"]
+            + [f"{flag}={value}" for flag, value in flags.items()],
+            env=proxy_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, stderr_path.read_text()
+            try:
+                with urllib.request.urlopen(f"http://{web}/-/ready", timeout=30) as answer:
+                    return bool(answer.status == 200)
+            except OSError:
+                return False
+
+        wait_until(ready, timeout=30, what="the proxy to be ready")
+        feed = b"<?xml version='1.0'?><operations>" + b"<product/>" * 20 + b"</operations>"
+        headers = {"Api-Key": SIM_KEY, "X-Feed-Name": "nightly"}
+        status, body = send(f"http://{feeds}/api/v2/import/products", feed, **headers)
+        assert status == 202
+        proxied = json.loads(body)["id"]
+
+        def tracked() -> Scrape | None:
+            result = scrape(exporter.url)
+            return result if result.current_status(proxied) else None
+
+        result = wait_until(tracked, timeout=30, what="the proxied import to be tracked")
+        assert result.value("elevate_import_source_imports", source="proxy") == 1
+        delivered = scrape(f"http://{web}").value(
+            "elevate_import_proxy_registrations_delivered_total"
+        )
+        assert delivered == 1
+        assert SIM_KEY not in stderr_path.read_text() + exporter.stderr()
+    finally:
+        assert stop_process(process) == 0, stderr_path.read_text()
+
+
 # -- the Prometheus Operator's resources and the dashboard -------------------------------
 
 
@@ -556,11 +850,11 @@ def exporter_down_job() -> str:
     return job
 
 
-@pytest.mark.parametrize("name", ["everything", "overlay"])
+@pytest.mark.parametrize("name", ["everything", "overlay", "standalone"])
 def test_the_service_monitor_scrapes_the_http_port_as_the_job_the_down_alert_watches(
     name: str,
 ) -> None:
-    objects = rendered(name)
+    objects = exporters_part(rendered(name))
     monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
     labels = service["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()

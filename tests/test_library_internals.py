@@ -1,6 +1,6 @@
 """Guards for the private internals of other libraries the exporter relies on.
 
-pyproject.toml caps prometheus-client and urllib3 below their next minor version. When a
+pyproject.toml caps prometheus-client, urllib3 and h11 below their next minor version. When a
 cap is raised, these tests say at once, by name, which internal changed shape, instead of
 a scrape or a status request going subtly wrong.
 """
@@ -11,6 +11,8 @@ import http.client
 import math
 from collections.abc import Callable, Iterable, Iterator
 
+import h11
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -89,3 +91,22 @@ def test_http_client_still_reads_a_head_line_by_line_through_fp() -> None:
     # override _read_status: both must exist as they did.
     assert callable(getattr(http.client.HTTPResponse, "_read_status", None))
     assert callable(getattr(http.client.HTTPResponse, "begin", None))
+
+
+def test_h11_still_gives_header_names_as_sent_and_answers_after_a_head_it_refused() -> None:
+    # httpd.http1 hands the proxy names as the client spelt them (Headers.raw_items), and
+    # answers an oversize head by showing h11 a line it refuses: after that refusal h11
+    # must still let a server send its error answer.
+    reader = h11.Connection(h11.SERVER)
+    reader.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nX-Feed-Name: nightly\r\n\r\n")
+    event = reader.next_event()
+    assert isinstance(event, h11.Request)
+    assert (b"X-Feed-Name", b"nightly") in list(event.headers.raw_items())
+
+    refused = h11.Connection(h11.SERVER)
+    refused.receive_data(b"\0\r\n\r\n")
+    with pytest.raises(h11.RemoteProtocolError):
+        refused.next_event()
+    answer = refused.send(h11.Response(status_code=431, headers=[("Content-Length", "0")]))
+    assert answer is not None
+    assert answer.startswith(b"HTTP/1.1 431")

@@ -31,6 +31,17 @@ def proxy_port(exporter: Any) -> int:
     return port
 
 
+def wait_tracked(exporter: Any, count: int) -> None:
+    """Until the proxy has registered ``count`` ids: it tracks once the client has its whole
+    answer, and the client may read that answer sooner."""
+    proxy = exporter.proxy
+    assert proxy is not None
+    wait_until(
+        lambda: sum(proxy.stats.snapshot().tracked.values()) == count,
+        what=f"the proxy's registration of {count} ids",
+    )
+
+
 def get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=30) as response:
         text: str = response.read().decode()
@@ -50,6 +61,7 @@ def test_a_feed_pushed_through_the_exporters_proxy_is_polled_at_the_next_scrape(
     )
     assert got.status == 202
     import_id = json.loads(got.body)["id"]
+    wait_tracked(exporter, 1)
     result = scrape(exporter.url)
     assert result.current_status(import_id) == "WAITING"
     assert result.value("elevate_import_source_imports", source="proxy") == 1
@@ -74,6 +86,7 @@ def test_the_feeds_key_is_in_no_page_metric_api_answer_or_log_line(
         got = send(port, "POST", "/api/v2/import/ads", FEED, {"Api-Key": FEED_KEY})
         assert got.status == 202
         import_id = json.loads(got.body)["id"]
+        wait_tracked(exporter, 1)
         sim.api_key = "rotated"
         assert send(port, "POST", "/api/v2/import/ads", FEED, {"Api-Key": FEED_KEY}).status == 403
         served = [

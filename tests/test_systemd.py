@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from elevate_import_exporter.cli import cli
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from elevate_import_exporter.site.web import DRAIN_SECONDS
 from tests.conftest import EXPORTER_ENV, REPO, SIM_KEY
@@ -36,6 +37,10 @@ from tests.support import Scrape, free_port, need_tool, stop_process, wait_until
 
 UNIT = REPO / "deploy" / "systemd" / "elevate-import-exporter.service"
 ENV_EXAMPLE = REPO / "deploy" / "systemd" / "elevate-import-exporter.env"
+# The standalone import proxy's unit (docs/feed-path.md), hardened as the exporter's.
+PROXY_UNIT = REPO / "deploy" / "systemd" / "elevate-import-proxy.service"
+PROXY_ENV_EXAMPLE = REPO / "deploy" / "systemd" / "elevate-import-proxy.env"
+UNITS = [UNIT, PROXY_UNIT]
 INSTALLED = "/opt/elevate-import-exporter/bin/elevate-import-exporter"
 # `systemd-analyze security` on systemd 252 (Debian 12), 2026-11-28: 1.2 OK, offline and
 # for the unit running under systemd.
@@ -115,12 +120,12 @@ def read_unit(text: str) -> dict[str, list[tuple[str, str]]]:
     return sections
 
 
-def service(key: str) -> list[str]:
-    return [v for k, v in read_unit(UNIT.read_text())["Service"] if k == key]
+def service(key: str, unit: Path = UNIT) -> list[str]:
+    return [v for k, v in read_unit(unit.read_text())["Service"] if k == key]
 
 
-def only(key: str) -> str:
-    values = service(key)
+def only(key: str, unit: Path = UNIT) -> str:
+    values = service(key, unit)
     assert len(values) == 1, f"{key}= {values}"
     return values[0]
 
@@ -237,13 +242,16 @@ def reload_and_stop(run: Started) -> int:
     return run.process.wait(timeout=float(only("TimeoutStopSec").removesuffix("s")))
 
 
-def test_systemd_analyze_verify_finds_nothing_to_say_about_the_unit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unit", UNITS, ids=lambda unit: unit.stem)
+def test_systemd_analyze_verify_finds_nothing_to_say_about_the_unit(
+    unit: Path, tmp_path: Path
+) -> None:
     analyze = need_tool("systemd-analyze")
     # verify wants ExecStart= to exist: the same unit, running the installed console script.
     script = shutil.which("elevate-import-exporter", path=str(Path(sys.executable).parent))
     assert script is not None, "the package's console script is not installed"
-    copy = tmp_path / UNIT.name
-    copy.write_text(UNIT.read_text().replace(INSTALLED, script))
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace(INSTALLED, script))
     verify = [analyze, "verify", "--man=no", str(copy)]
     result = subprocess.run(verify, capture_output=True, text=True, check=False)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
@@ -253,16 +261,19 @@ def test_systemd_analyze_verify_finds_nothing_to_say_about_the_unit(tmp_path: Pa
     assert "Unknown key 'ProtectHomes'" in result.stderr
 
 
-def test_systemd_analyze_security_rates_the_unit_ok_and_no_worse_than_measured() -> None:
+@pytest.mark.parametrize("unit", UNITS, ids=lambda unit: unit.stem)
+def test_systemd_analyze_security_rates_the_unit_ok_and_no_worse_than_measured(
+    unit: Path,
+) -> None:
     analyze = need_tool("systemd-analyze")
     offline = [analyze, "security", "--offline=true", "--no-pager"]
-    text = subprocess.run([*offline, str(UNIT)], capture_output=True, text=True, check=True)
+    text = subprocess.run([*offline, str(unit)], capture_output=True, text=True, check=True)
     level = re.search(r"Overall exposure level for \S+: (\d+\.\d) (\w+)", text.stdout)
     assert level is not None, text.stdout
     assert float(level[1]) <= EXPOSURE_LIMIT, level[0]
     assert level[2] in {"OK", "SAFE", "PERFECT"}, level[0]
     checks = subprocess.run(
-        [*offline, "--json=short", str(UNIT)], capture_output=True, text=True, check=True
+        [*offline, "--json=short", str(unit)], capture_output=True, text=True, check=True
     )
     open_checks = {c["name"] for c in json.loads(checks.stdout) if c["exposure"]}
     assert open_checks <= ACCEPTED_EXPOSURE.keys()
@@ -299,12 +310,110 @@ def test_the_unit_restarts_on_failure_but_not_after_a_configuration_error() -> N
     assert float(only("TimeoutStopSec").removesuffix("s")) > 2 * DRAIN_SECONDS + 1
 
 
-def test_the_unit_sets_every_hardening_option() -> None:
-    assert {key: only(key) for key in HARDENING} == HARDENING
-    assert service("SystemCallFilter") == ["@system-service", "~@privileged @resources"]
-    assert only("RestrictAddressFamilies") == "AF_INET AF_INET6 AF_UNIX"
-    assert not service("IPAddressDeny"), "the exporter must reach Elevate"
-    assert not service("PrivateUsers"), ACCEPTED_EXPOSURE["PrivateUsers="]
+@pytest.mark.parametrize("unit", UNITS, ids=lambda unit: unit.stem)
+def test_the_unit_sets_every_hardening_option(unit: Path) -> None:
+    assert {key: only(key, unit) for key in HARDENING} == HARDENING
+    assert service("SystemCallFilter", unit) == ["@system-service", "~@privileged @resources"]
+    assert only("RestrictAddressFamilies", unit) == "AF_INET AF_INET6 AF_UNIX"
+    assert only("SystemCallErrorNumber", unit) == "EPERM"
+    assert not service("IPAddressDeny", unit), "the exporter and the proxy must reach Elevate"
+    assert not service("PrivateUsers", unit), ACCEPTED_EXPOSURE["PrivateUsers="]
+
+
+def test_the_proxys_unit_differs_from_the_exporters_only_where_the_proxy_needs_it() -> None:
+    """Every directive of the exporter's unit, hardening or not, is the proxy's too, but for
+    those the proxy has no use for (the key, the store, reloading the ids file) and those
+    that name it."""
+    exporter = read_unit(UNIT.read_text())["Service"]
+    proxy = read_unit(PROXY_UNIT.read_text())["Service"]
+    own = {"ExecStart", "EnvironmentFile", "StateDirectory", "TimeoutStopSec"}
+    not_needed = {"LoadCredential", "Environment", "ExecReload"}
+    assert {p for p in exporter if p[0] not in own | not_needed} == {
+        p for p in proxy if p[0] not in own
+    }
+
+
+@cache
+def proxy_options() -> dict[str, tuple[str | None, str | None]]:
+    """Each flag of the ``proxy`` command with its variable and default (repeatable
+    flags' defaults joined by commas, as their variables take them)."""
+    options: dict[str, tuple[str | None, str | None]] = {}
+    for param in cli.commands["proxy"].params:
+        variable = param.envvar if isinstance(param.envvar, str) else None
+        default = param.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        for flag in param.opts:
+            options[flag] = (variable, default if isinstance(default, str) else None)
+    return options
+
+
+def seconds(timespan: str) -> float:
+    """A systemd time span (``11min``, ``30s``) in seconds, as systemd reads it."""
+    shown = subprocess.run(
+        [need_tool("systemd-analyze"), "timespan", timespan],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"μs: (\d+)", shown)
+    assert found, shown
+    return int(found[1]) / 1e6
+
+
+def test_the_proxys_unit_runs_the_proxy_with_its_spool_in_its_state_directory() -> None:
+    command = only("ExecStart", PROXY_UNIT).split()
+    assert command[:2] == [INSTALLED, "proxy"]
+    flags = dict(zip(command[2::2], command[3::2], strict=True))
+    state = only("StateDirectory", PROXY_UNIT)
+    assert state == "elevate-import-proxy"
+    assert only("StateDirectoryMode", PROXY_UNIT) == "0700"
+    # %S is /var/lib for a system service: the spool lies in the one writable place.
+    assert flags["--registration.spool"].startswith(f"%S/{state}/")
+    assert set(flags) <= proxy_options().keys()
+    # The feed jobs bring their own key: the proxy is given none.
+    assert not service("LoadCredential", PROXY_UNIT)
+    assert "ELEVATE_API_KEY" not in PROXY_ENV_EXAMPLE.read_text()
+    environment_path = only("EnvironmentFile", PROXY_UNIT)
+    assert environment_path == "/etc/elevate-import-proxy/elevate-import-proxy.env"
+    assert PROXY_ENV_EXAMPLE.read_text().splitlines()[0] == f"# {environment_path}"
+
+
+def test_the_proxys_unit_lets_the_drain_finish_before_sigkill() -> None:
+    variable, default = proxy_options()["--proxy.drain-timeout"]
+    assert default is not None, "the drain timeout's default is not shown"
+    assert variable not in environment_file(PROXY_ENV_EXAMPLE.read_text()), "the default"
+    drain = seconds(default)
+    assert drain >= 600, "long enough for a big feed"
+    assert only("KillSignal", PROXY_UNIT) == "SIGTERM"
+    # The drain, then the queued ids handed over: at least half a minute for that.
+    assert seconds(only("TimeoutStopSec", PROXY_UNIT)) >= drain + 30
+    assert only("Restart", PROXY_UNIT) == "on-failure"
+    assert "2" in only("RestartPreventExitStatus", PROXY_UNIT).split()
+
+
+def test_the_proxys_unit_neither_needs_nor_waits_for_the_exporter() -> None:
+    unit = read_unit(PROXY_UNIT.read_text())["Unit"]
+    dependencies = {"Requires", "Requisite", "BindsTo", "PartOf", "Wants", "After", "Upholds"}
+    named = " ".join(value for key, value in unit if key in dependencies)
+    assert "network-online.target" in named
+    assert "elevate-import-exporter" not in named
+
+
+def test_the_proxys_environment_file_names_only_variables_the_proxy_reads() -> None:
+    known = {variable for variable, _ in proxy_options().values() if variable}
+    known |= {"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE"}
+    text = PROXY_ENV_EXAMPLE.read_text()
+    named = re.findall(r"^#?([A-Z][A-Z0-9_]*)=", text, re.MULTILINE)
+    assert len(named) > 5
+    assert set(named) <= known
+    # Required, so set in the example: the exporter the ids go to.
+    set_here = environment_file(text)
+    registration = proxy_options()["--registration.url"][0]
+    assert registration in set_here
+    assert set_here[registration].startswith("http")
+    listen = proxy_options()["--web.listen-address"]
+    assert listen[1] == ":10028", "the example's comment names the default"
 
 
 def test_the_environment_file_example_names_only_variables_the_exporter_reads() -> None:

@@ -1,4 +1,4 @@
-"""The command line: ``run``, ``demo``, ``simulate``, ``status`` and ``track``.
+"""The command line: ``run``, ``demo``, ``simulate``, ``status``, ``track`` and ``proxy``.
 
 Only ``cli`` imports click. Flags are built from :mod:`elevate_import_exporter.settings.options`'
 table and handed over as raw strings; the configuration decides what a good value is.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.cli import exporter, simulate, status, track
+from elevate_import_exporter.cli import exporter, proxy, simulate, status, track
 from elevate_import_exporter.cli.common import SetupError
 
 __all__ = ["SetupError", "cli", "main"]
@@ -28,6 +28,7 @@ cli.add_command(exporter.demo)
 cli.add_command(simulate.simulate)
 cli.add_command(status.status_command)
 cli.add_command(track.track_command)
+cli.add_command(proxy.proxy_command)
 
 
 def main() -> None:

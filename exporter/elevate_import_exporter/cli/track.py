@@ -4,6 +4,8 @@ The flags become typed values here (URL, labels, credentials, TLS files, timeout
 the link the requests go out on is put together: requests with the TLS context, over the
 Elevate transport's connections, which its deadline reaper shuts at the timeout. The
 requests, their limits and the reading of the answers are :mod:`..lifecycle.track`'s.
+The standalone proxy reaches its exporter the same way (:class:`LinkFlags` names its
+``--registration.*`` flags in the messages).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ipaddress
 import os
 import re
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -49,6 +52,20 @@ INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 MAX_PASSWORD_FILE_BYTES = 64 * 1024
 MAX_PEM_FILE_BYTES = 1024 * 1024
 _URL_PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
+
+
+@dataclass(frozen=True)
+class LinkFlags:
+    """How a command names the options of its link to the exporter, for its messages:
+    the URL's flag, the prefix of the others (``{prefix}.username`` ...), and the
+    variable that may hold the password."""
+
+    url: str
+    prefix: str
+    password_env: str
+
+
+TRACK_FLAGS = LinkFlags("--exporter", "--exporter", PASSWORD_ENV)
 
 EPILOG = f"""\b
 Exit status:
@@ -173,23 +190,20 @@ def track_command(
         if not url:
             raise usage("--exporter (or ELEVATE_EXPORTER_URL) is required")
         items = registrations(ids, import_type, [_label(label) for label in labels])
-        endpoint = _endpoint(url)
-        credentials = _credentials(username, password_file)
-        tls = _tls(ca_file, cert_file, key_file)
-        _check_transport(endpoint, credentials, tls, allow_insecure=allow_insecure)
+        endpoint = link_endpoint(url, TRACK_FLAGS)
+        credentials = link_credentials(username, password_file, TRACK_FLAGS)
+        tls = link_tls(ca_file, cert_file, key_file, TRACK_FLAGS)
+        check_transport(endpoint, credentials, tls, TRACK_FLAGS, allow_insecure=allow_insecure)
         seconds = duration_between(
             timeout, "--timeout", MIN_TIMEOUT, MAX_TIMEOUT, "500ms, 10s or 1m"
         )
     except (TrackError, ConfigError) as exc:
         raise SetupError(str(exc)) from None
-    reaper = Reaper()
-    # Without TLS options, the system's CAs (as curl and Prometheus), not requests' bundle.
-    adapter = _Adapter(tls or ssl.create_default_context())
-    client = Client(
+    client, reaper = open_client(
         endpoint,
-        Link(session(adapter), reaper.guard),
-        credentials=credentials,
-        own_ca=tls is not None,
+        credentials,
+        tls,
+        TRACK_FLAGS,
         timeout=seconds,
         retries=retries,
         user_agent=f"elevate-import-exporter/{__version__} track",
@@ -215,16 +229,52 @@ class _Adapter(OneContext, GuardedAdapter):
     """TLS with one context, over connections that a deadline shuts: the transport's."""
 
 
-def _endpoint(url: str) -> Endpoint:
+def open_client(
+    endpoint: Endpoint,
+    credentials: Credentials | None,
+    tls: ssl.SSLContext | None,
+    flags: LinkFlags,
+    *,
+    timeout: float,
+    retries: int,
+    user_agent: str,
+) -> tuple[Client, Reaper]:
+    """The client for ``endpoint``, and the reaper that shuts its connections at their
+    deadline: close the client's session, then the reaper, when done."""
+    reaper = Reaper()
+    # Without TLS options, the system's CAs (as curl and Prometheus), not requests' bundle.
+    adapter = _Adapter(tls or ssl.create_default_context())
+    client = Client(
+        endpoint,
+        Link(session(adapter), reaper.guard),
+        credentials=credentials,
+        own_ca=tls is not None,
+        timeout=timeout,
+        retries=retries,
+        user_agent=user_agent,
+        flags=flags.prefix,
+    )
+    return client, reaper
+
+
+def _hint(flags: LinkFlags) -> str:
+    return CREDENTIAL_HINT.replace("--exporter", flags.prefix).replace(
+        PASSWORD_ENV, flags.password_env
+    )
+
+
+def link_endpoint(url: str, flags: LinkFlags) -> Endpoint:
+    """The exporter's registration API at the base URL ``url``; :class:`TrackError` (usage)
+    naming ``flags.url`` if it is not one."""
     if re.search(r"//[^/?#]*@", url):
         # Not echoed: it holds a password, and a password on a command line shows in `ps`.
-        raise usage(f"--exporter must not hold credentials (user:password@): use {CREDENTIAL_HINT}")
+        raise usage(f"{flags.url} must not hold credentials (user:password@): use {_hint(flags)}")
     try:
-        parsed = parse_http_url(url.strip(), "--exporter")
+        parsed = parse_http_url(url.strip(), flags.url)
     except ConfigError as exc:
         raise usage(str(exc)) from None
     if not _URL_PATH.fullmatch(parsed.path):
-        raise usage(f"--exporter must be a base URL, got {shown_url(url)!r}")
+        raise usage(f"{flags.url} must be a base URL, got {shown_url(url)!r}")
     return Endpoint(parsed.scheme, parsed.host, parsed.base + PATH, parsed.base)
 
 
@@ -235,65 +285,71 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _credentials(username: str | None, password_file: str | None) -> Credentials | None:
-    from_env = os.environ.get(PASSWORD_ENV) or None
+def link_credentials(
+    username: str | None, password_file: str | None, flags: LinkFlags
+) -> Credentials | None:
+    """Basic auth credentials, the password from its file or ``flags.password_env``; None
+    without a user name."""
+    pre, env = flags.prefix, flags.password_env
+    from_env = os.environ.get(env) or None
     if password_file and from_env:
-        raise usage(f"give the password once: --exporter.password-file or {PASSWORD_ENV}")
-    password = _password_from(password_file) if password_file else from_env
+        raise usage(f"give the password once: {pre}.password-file or {env}")
+    password = _password_from(password_file, flags) if password_file else from_env
     if not username:
         if password is not None:
-            raise usage("a password is given but no --exporter.username")
+            raise usage(f"a password is given but no {pre}.username")
         return None
     if ":" in username or not username.isprintable():
-        raise usage("--exporter.username must not hold ':' or control characters")
+        raise usage(f"{pre}.username must not hold ':' or control characters")
     if not password:
-        raise usage(
-            f"--exporter.username needs a password: --exporter.password-file or {PASSWORD_ENV}"
-        )
+        raise usage(f"{pre}.username needs a password: {pre}.password-file or {env}")
     return Credentials(username, password)
 
 
-def _password_from(path: str) -> str:
+def _password_from(path: str, flags: LinkFlags) -> str:
     try:
         _, text = read_text_file(Path(path), MAX_PASSWORD_FILE_BYTES)
     except UnreadableFile as exc:
-        raise usage(f"--exporter.password-file {path}: {exc}") from None
+        raise usage(f"{flags.prefix}.password-file {path}: {exc}") from None
     # As Prometheus reads a password_file: white space around it (the final newline) is
     # not part of the password.
     password = text.strip()
     if not password:
-        raise usage(f"--exporter.password-file {path} is empty")
+        raise usage(f"{flags.prefix}.password-file {path} is empty")
     return password
 
 
-def _tls(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext | None:
+def link_tls(
+    ca_file: str | None, cert_file: str | None, key_file: str | None, flags: LinkFlags
+) -> ssl.SSLContext | None:
     """None without TLS options (https:// then trusts the system's CAs)."""
+    pre = flags.prefix
     if bool(cert_file) != bool(key_file):
-        raise usage("--exporter.cert-file and --exporter.key-file go together")
+        raise usage(f"{pre}.cert-file and {pre}.key-file go together")
     if not ca_file and not cert_file:
         return None
     context = ssl.create_default_context()
     if ca_file:
-        pem = _read(ca_file, "--exporter.ca-file").decode("utf-8", "replace")
+        pem = _read(ca_file, f"{pre}.ca-file").decode("utf-8", "replace")
         try:
             # Only this CA, as Prometheus' ca_file: a private CA is not to be mixed with others.
             context = ssl.create_default_context(cadata=pem)
         except (ssl.SSLError, ValueError) as exc:
             raise usage(
-                f"--exporter.ca-file {ca_file}: no PEM certificate in it "
+                f"{pre}.ca-file {ca_file}: no PEM certificate in it "
                 f"({one_line(str(exc), MAX_SHOWN)})"
             ) from None
     if cert_file and key_file:
         # Read once here, so that a named pipe or a huge file fails at once instead of
         # blocking OpenSSL, which reads them again by name.
-        _read(cert_file, "--exporter.cert-file")
-        _read(key_file, "--exporter.key-file")
+        _read(cert_file, f"{pre}.cert-file")
+        _read(key_file, f"{pre}.key-file")
         try:
             # A callable, so that an encrypted key fails instead of asking on the terminal.
             context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
         except (OSError, ValueError) as exc:
             raise usage(
-                f"--exporter.cert-file {cert_file} with --exporter.key-file {key_file}: not a "
+                f"{pre}.cert-file {cert_file} with {pre}.key-file {key_file}: not a "
                 f"matching PEM certificate and unencrypted key ({one_line(str(exc), MAX_SHOWN)})"
             ) from None
     return context
@@ -310,10 +366,11 @@ def _read(path: str, flag: str) -> bytes:
         raise usage(f"{flag} {path}: {exc}") from None
 
 
-def _check_transport(
+def check_transport(
     endpoint: Endpoint,
     credentials: Credentials | None,
     tls: ssl.SSLContext | None,
+    flags: LinkFlags,
     *,
     allow_insecure: bool,
 ) -> None:
@@ -321,11 +378,11 @@ def _check_transport(
     if endpoint.scheme == "https":
         return
     if tls is not None:
-        raise usage(f"TLS options need an https:// --exporter URL, got {endpoint.shown}")
+        raise usage(f"TLS options need an https:// {flags.url} URL, got {endpoint.shown}")
     if credentials and not allow_insecure and not _loopback(endpoint.host):
         raise usage(
             f"the password would cross the network in clear text to {endpoint.shown}: use "
-            f"https://, or --exporter.allow-insecure to send it anyway"
+            f"https://, or {flags.prefix}.allow-insecure to send it anyway"
         )
 
 

@@ -22,7 +22,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
@@ -54,12 +54,16 @@ CREDENTIAL_HINT = "--exporter.username with --exporter.password-file or ELEVATE_
 class TrackError(Exception):
     """Why ids were not handed over, in one line, and the exit status that says so:
     :data:`EXIT_USAGE` before any request, :data:`EXIT_REFUSED` for a 4xx or 3xx,
-    :data:`EXIT_UNREACHABLE` for no usable answer (``retry``: worth another attempt)."""
+    :data:`EXIT_UNREACHABLE` for no usable answer (``retry``: worth another attempt).
+    ``status``: the answer's status when one came (set by :func:`post_once`)."""
 
-    def __init__(self, message: str, exit_code: int, *, retry: bool = False) -> None:
+    def __init__(
+        self, message: str, exit_code: int, *, retry: bool = False, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.retry = retry
+        self.status = status
 
 
 def usage(message: str) -> TrackError:
@@ -140,7 +144,8 @@ def session(adapter: HTTPAdapter) -> requests.Session:
 class Client:
     """How to reach the exporter. ``timeout`` bounds each attempt (connect, every read and
     the whole exchange); ``retries`` more attempts follow connection problems and 5xx.
-    ``own_ca``: TLS options were given, so no hint to give them."""
+    ``own_ca``: TLS options were given, so no hint to give them. ``flags``: how the
+    options are named in hints (the proxy's are ``--registration.*``)."""
 
     endpoint: Endpoint
     link: Link
@@ -149,6 +154,7 @@ class Client:
     timeout: float = 10.0
     retries: int = 2
     user_agent: str = "elevate-import-exporter"
+    flags: str = "--exporter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +230,26 @@ def track(client: Client, items: Sequence[Registration]) -> Iterator[list[Tracke
     """
     for ids, body in request_bodies(items):
         yield _send(client, ids, body)
+
+
+def post_once(client: Client, items: Sequence[Registration], query: str = "") -> list[Tracked]:
+    """Register ``items`` with one attempt per request and no pause: for a caller with a
+    retry policy of its own (the standalone proxy's delivery). ``query`` (``source=proxy``)
+    goes on the URL. Raises :class:`TrackError` with the answer's ``status`` if one came;
+    what earlier requests registered stays registered."""
+    if query:
+        client = replace(
+            client, endpoint=replace(client.endpoint, url=f"{client.endpoint.url}?{query}")
+        )
+    tracked: list[Tracked] = []
+    for ids, body in request_bodies(items):
+        status, data, location = _exchange(client, body, len(ids))
+        try:
+            tracked += _interpret(client, ids, status, data, location)
+        except TrackError as exc:
+            exc.status = status
+            raise
+    return tracked
 
 
 def _send(client: Client, ids: list[str], body: bytes) -> list[Tracked]:
@@ -307,7 +333,7 @@ def _failure(client: Client, exc: BaseException, expired: bool, *, begun: bool) 
         return _unreachable(f"{where} closed the connection {said}", retry=True)
     for cause in behind:
         if isinstance(cause, ssl.SSLCertVerificationError) and not client.own_ca:
-            hint = " (trust a private CA with --exporter.ca-file)"
+            hint = f" (trust a private CA with {client.flags}.ca-file)"
             return _unreachable(f"TLS with {where} failed: {_why(cause)}{hint}", retry=False)
         if isinstance(cause, ssl.SSLError):
             return _unreachable(f"TLS with {where} failed: {_why(cause)}", retry=False)
@@ -367,9 +393,9 @@ def _interpret(
 
 def _hint(client: Client, status: int) -> str:
     if status == 401 and client.credentials is None:
-        return f" (no credentials given: {CREDENTIAL_HINT})"
+        return f" (no credentials given: {CREDENTIAL_HINT.replace('--exporter', client.flags)})"
     return {
-        401: " (check --exporter.username and the password)",
+        401: f" (check {client.flags}.username and the password)",
         404: " (is this the exporter's base URL, and does it have /api/v1/imports?)",
     }.get(status, "")
 

@@ -22,6 +22,7 @@ from elevate_import_exporter.core.secret import Secret
 # The option tables and the syntax of values live in options.py; re-exported for callers
 # that know config only.
 from elevate_import_exporter.settings.options import LOG_OPTIONS as LOG_OPTIONS
+from elevate_import_exporter.settings.options import PROXY_OPTIONS as PROXY_OPTIONS
 from elevate_import_exporter.settings.options import RUN_OPTIONS as RUN_OPTIONS
 from elevate_import_exporter.settings.options import ConfigError as ConfigError
 from elevate_import_exporter.settings.options import Option as Option
@@ -38,6 +39,7 @@ MAX_TRACKED_LIMIT = 1_000_000
 MAX_RETENTION = 365 * 86400.0
 MAX_HISTORY = 10 * 365 * 86400.0
 MAX_PROXY_TIMEOUT = 24 * 3600.0
+MAX_DRAIN_TIMEOUT = 24 * 3600.0
 _SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", "cookie"})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 # An API key is tens of characters; a larger file is not a key file.
@@ -100,6 +102,121 @@ class Settings:
         return ClientSettings(
             self.base_url, self.api, self.api_key, self.concurrency, self.timeout, self.retries
         )
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Validated settings of ``proxy``, the import proxy alone; build them with
+    :func:`load_proxy_settings`. Files named here (password, CA, certificate, key) are
+    read where the link to the exporter is built."""
+
+    base_url: str
+    api: str
+    # Where feed jobs connect, and where the proxy's own /metrics and health are; never empty.
+    proxy_addresses: tuple[tuple[str, int], ...]
+    listen_addresses: tuple[tuple[str, int], ...]
+    web_config_file: Path | None
+    proxy_timeout: float
+    proxy_label_header: str
+    drain_timeout: float
+    # The exporter's base URL (scheme://host[:port][/prefix]), without credentials.
+    registration_url: str
+    registration_spool: Path | None
+    registration_username: str | None
+    registration_password_file: Path | None
+    registration_ca_file: Path | None
+    registration_cert_file: Path | None
+    registration_key_file: Path | None
+    registration_allow_insecure: bool
+    log_level: str
+    log_format: str
+
+
+def _proxy_default(dest: str) -> str:
+    return default(dest, PROXY_OPTIONS)
+
+
+def load_proxy_settings(
+    *,
+    cluster_id: str | None = None,
+    base_url: str | None = None,
+    api: str = _proxy_default("api"),
+    proxy_listen_address: str | Iterable[str] = _proxy_default("proxy_listen_address"),
+    listen_address: str | Iterable[str] = _proxy_default("listen_address"),
+    web_config_file: str | None = None,
+    proxy_timeout: str = _proxy_default("proxy_timeout"),
+    proxy_label_header: str = _proxy_default("proxy_label_header"),
+    drain_timeout: str = _proxy_default("drain_timeout"),
+    registration_url: str | None = None,
+    registration_spool: str | None = None,
+    registration_username: str | None = None,
+    registration_password_file: str | None = None,
+    registration_ca_file: str | None = None,
+    registration_cert_file: str | None = None,
+    registration_key_file: str | None = None,
+    registration_allow_insecure: bool = False,
+    log_level: str = default("log_level"),
+    log_format: str = default("log_format"),
+) -> ProxySettings:
+    """Validate raw option values into :class:`ProxySettings` or raise :class:`ConfigError`."""
+    web = _listen_addresses(listen_address)
+    proxy = _proxy_addresses(proxy_listen_address)
+    if not proxy:
+        raise ConfigError("--proxy.listen-address must be given at least once")
+    _apart(web, proxy)
+    return ProxySettings(
+        base_url=_base_url(cluster_id, base_url),
+        api=choice(api, "--elevate.api", API_FLAVOURS),
+        proxy_addresses=proxy,
+        listen_addresses=web,
+        web_config_file=Path(web_config_file) if web_config_file else None,
+        proxy_timeout=_positive_duration(proxy_timeout, "--proxy.timeout", MAX_PROXY_TIMEOUT),
+        proxy_label_header=_header_name(proxy_label_header, "--proxy.label-header"),
+        drain_timeout=_duration(drain_timeout, "--proxy.drain-timeout", MAX_DRAIN_TIMEOUT),
+        registration_url=_registration_url(registration_url),
+        registration_spool=_spool(registration_spool),
+        registration_username=registration_username or None,
+        registration_password_file=_path(registration_password_file),
+        registration_ca_file=_path(registration_ca_file),
+        registration_cert_file=_path(registration_cert_file),
+        registration_key_file=_path(registration_key_file),
+        registration_allow_insecure=bool(registration_allow_insecure),
+        log_level=choice(log_level, "--log.level", LOG_LEVELS),
+        log_format=choice(log_format, "--log.format", LOG_FORMATS),
+    )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _registration_url(value: str | None) -> str:
+    name = "--registration.url"
+    if not value or not value.strip():
+        raise ConfigError(
+            f"{name} (ELEVATE_EXPORTER_REGISTRATION_URL) is required: the base URL of the "
+            "exporter that tracks the imports, e.g. https://exporter:10025"
+        )
+    if re.search(r"//[^/?#]*@", value):
+        # Not echoed: it holds a password, and a password on a command line shows in `ps`.
+        raise ConfigError(
+            f"{name} must not hold credentials (user:password@): use --registration.username "
+            "with --registration.password-file or ELEVATE_EXPORTER_REGISTRATION_PASSWORD"
+        )
+    return parse_http_url(value.strip(), name).base
+
+
+def _spool(value: str | None) -> Path | None:
+    """The spool file, or None; refused if it is a folder or a device (its folder is made
+    where it is opened)."""
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"--registration.spool {value!r} is a directory: name a file in it")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"--registration.spool {value!r} is not a regular file")
+    return path
 
 
 def cluster_url(cluster_id: str) -> str:

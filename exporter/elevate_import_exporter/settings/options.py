@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from elevate_import_exporter.core.logs import LOG_FORMATS, LOG_LEVELS
@@ -215,9 +215,111 @@ LOG_OPTIONS = (
 _DEFAULTS = {option.dest: option.default for option in (*RUN_OPTIONS, *LOG_OPTIONS)}
 
 
-def default(dest: str) -> str:
-    """The default of a setting, as users write it."""
-    value = _DEFAULTS[dest]
+def _run_option(dest: str, *, default: str | None = None, help: str | None = None) -> Option:
+    """``run``'s option ``dest`` (same flag, same variable), with another default or help."""
+    option = next(option for option in RUN_OPTIONS if option.dest == dest)
+    if default is not None:
+        option = replace(option, default=default)
+    return replace(option, help=help) if help is not None else option
+
+
+# The standalone import proxy (``proxy``): the proxy's options of ``run`` (same flags, same
+# variables) with the ports of its own, and where the ids it sees are registered. The
+# registration's credentials mean what ``track``'s ``--exporter.*`` mean.
+PROXY_OPTIONS = (
+    _run_option("cluster_id"),
+    _run_option("base_url"),
+    _run_option("api"),
+    _run_option(
+        "proxy_listen_address",
+        default=":10027",
+        help="[host]:port where feed jobs send their imports; repeatable. The variable "
+        "takes a comma separated list.",
+    ),
+    _run_option(
+        "listen_address",
+        default=":10028",
+        help="[host]:port of the proxy's own /metrics, /-/healthy and /-/ready; repeatable. "
+        "The variable takes a comma separated list.",
+    ),
+    _run_option(
+        "web_config_file",
+        help="exporter-toolkit web-config.yml: TLS, client certificates, basic auth, headers, "
+        "for the proxy's port and its own /metrics alike. Re-read when it changes and on "
+        "SIGHUP.",
+    ),
+    _run_option("proxy_timeout"),
+    _run_option("proxy_label_header"),
+    Option(
+        "--proxy.drain-timeout",
+        "drain_timeout",
+        "ELEVATE_EXPORTER_PROXY_DRAIN_TIMEOUT",
+        "After SIGTERM: how long uploads in flight may go on (new ones are refused and "
+        "/-/ready answers 503 at once); long enough for the largest feed.",
+        "10m",
+    ),
+    Option(
+        "--registration.url",
+        "registration_url",
+        "ELEVATE_EXPORTER_REGISTRATION_URL",
+        "Base URL of the exporter (run with --web.enable-registration) that tracks the ids "
+        "of the imports Elevate accepts, e.g. https://exporter:10025. Required.",
+    ),
+    Option(
+        "--registration.spool",
+        "registration_spool",
+        "ELEVATE_EXPORTER_REGISTRATION_SPOOL",
+        "File that keeps the ids not yet registered across restarts of the proxy (none: "
+        "they wait in memory only).",
+    ),
+    Option(
+        "--registration.username",
+        "registration_username",
+        "ELEVATE_EXPORTER_REGISTRATION_USERNAME",
+        "Basic auth user of the exporter's web config.",
+    ),
+    Option(
+        "--registration.password-file",
+        "registration_password_file",
+        "ELEVATE_EXPORTER_REGISTRATION_PASSWORD_FILE",
+        "File holding the basic auth password (else the variable "
+        "ELEVATE_EXPORTER_REGISTRATION_PASSWORD).",
+    ),
+    Option(
+        "--registration.ca-file",
+        "registration_ca_file",
+        "ELEVATE_EXPORTER_REGISTRATION_CA_FILE",
+        "PEM CA certificates to trust for the exporter instead of the system's.",
+    ),
+    Option(
+        "--registration.cert-file",
+        "registration_cert_file",
+        "ELEVATE_EXPORTER_REGISTRATION_CERT_FILE",
+        "PEM client certificate, with --registration.key-file.",
+    ),
+    Option(
+        "--registration.key-file",
+        "registration_key_file",
+        "ELEVATE_EXPORTER_REGISTRATION_KEY_FILE",
+        "PEM key of the client certificate (not encrypted).",
+    ),
+    Option(
+        "--registration.allow-insecure",
+        "registration_allow_insecure",
+        "ELEVATE_EXPORTER_REGISTRATION_ALLOW_INSECURE",
+        "Send the password over http:// to another host than this one.",
+        boolean=True,
+    ),
+)
+# The registration password, as track's: from a file or this variable, never a flag.
+REGISTRATION_PASSWORD_ENV = "ELEVATE_EXPORTER_REGISTRATION_PASSWORD"  # noqa: S105 (a name)
+
+
+def default(dest: str, options: tuple[Option, ...] | None = None) -> str:
+    """The default of a setting, as users write it (in ``options``: ``run``'s and the log's
+    unless given)."""
+    table = _DEFAULTS if options is None else {option.dest: option.default for option in options}
+    value = table[dest]
     if value is None:
         raise KeyError(dest)
     return value

@@ -55,6 +55,9 @@ _RFC3339 = re.compile(
     r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _PARAMETERS = ("status", "type", "source", "since", "finished", "retired", "limit", "offset")
+# What a registration may say of itself: the standalone proxy hands its ids over as "proxy".
+_POST_PARAMETERS = ("source",)
+_POST_SOURCES = ("proxy",)
 
 IdCheck = Callable[[str], bool]
 
@@ -186,6 +189,11 @@ class RestApi:
         if not self._enabled:
             self._catalog.count("disabled")
             return error(HTTPStatus.FORBIDDEN, DISABLED)
+        try:
+            source = _post_source(request.query)
+        except RequestError as exc:
+            self._catalog.count("invalid")
+            return error(HTTPStatus.BAD_REQUEST, exc.message, exc.field)
         problem = content_type_error(request.content_type)
         if problem is not None:
             self._catalog.count("invalid")
@@ -199,7 +207,7 @@ class RestApi:
         unique: dict[str, Registration] = {}
         for registration in registrations:
             unique.setdefault(registration.id, registration)
-        made = self._catalog.register(list(unique.values()), "api")
+        made = self._catalog.register(list(unique.values()), source)
         created = dict(zip(unique, made, strict=True))
         results = [{"id": r.id, "created": created.pop(r.id, False)} for r in registrations]
         new = any(result["created"] for result in results)
@@ -290,7 +298,18 @@ def parse_time(text: str) -> float:
     return moment.timestamp() + float(match.group(7) or 0)
 
 
-def _query(query: str) -> Query:
+def _post_source(query: str) -> str:
+    """The source a registration records: ``api``, or what ``?source=`` names."""
+    given = _parameters(query, _POST_PARAMETERS)
+    if "source" not in given:
+        return "api"
+    if given["source"] not in _POST_SOURCES:
+        # "api" is what no parameter means; flag and file belong to the exporter's own flags.
+        raise RequestError(f"source must be {' or '.join(_POST_SOURCES)}, or not given", "source")
+    return given["source"]
+
+
+def _parameters(query: str, known: Sequence[str]) -> dict[str, str]:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, errors="strict", max_num_fields=32)
     except UnicodeDecodeError:
@@ -299,14 +318,19 @@ def _query(query: str) -> Query:
         raise RequestError("too many query parameters") from None
     given: dict[str, str] = {}
     for name, value in pairs:
-        if name not in _PARAMETERS:
+        if name not in known:
             shown = one_line(name[:64])
-            raise RequestError(f"unknown parameter {shown!r}: give {', '.join(_PARAMETERS)}", shown)
+            raise RequestError(f"unknown parameter {shown!r}: give {', '.join(known)}", shown)
         if name in given:
             raise RequestError(f"{name} is given more than once", name)
         if not value:
             raise RequestError(f"{name} is empty", name)
         given[name] = value
+    return given
+
+
+def _query(query: str) -> Query:
+    given = _parameters(query, _PARAMETERS)
     filters: dict[str, Any] = {}
     for name in ("status", "type"):
         if name in given:
