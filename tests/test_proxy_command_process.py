@@ -258,7 +258,13 @@ def test_promtool_check_metrics_reports_nothing_on_the_proxys_metrics(
     proxy = proxy_process(simulator.url, exporter.url)
     assert send(proxy.port, "POST", UPLOAD_PATH, FEED, {"Api-Key": SIM_KEY}).status == 202
     assert send(proxy.port, "POST", UPLOAD_PATH, FEED, {"Api-Key": "wrong"}).status == 403
-    status, text = proxy.get("/metrics")
+
+    def counted() -> tuple[int, str] | None:
+        # A request counts once the proxy is done with it, which may be after the answer.
+        got = proxy.get("/metrics")
+        return got if got[0] == 200 and 'code="403"' in got[1] else None
+
+    status, text = wait_until(counted, interval=0.2, what="the 403 on the proxy's metrics")
     assert status == 200
     scrape = Scrape(text)
     # What promtool is to judge is there: the proxy's, the delivery's and the process'.

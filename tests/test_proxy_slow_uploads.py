@@ -14,7 +14,7 @@ import pytest
 
 from elevate_import_exporter.simulator import Simulator
 from tests.conftest import ExporterProcess, ExporterProcessFor
-from tests.support import free_port, scrape, wait_until
+from tests.support import Scrape, free_port, scrape, wait_until
 from tests.test_proxy import FEED, KEY, send
 
 PATH = "/api/v2/import/products"
@@ -78,6 +78,15 @@ def timed_upload(port: int) -> tuple[int, float]:
     return got.status, time.monotonic() - started
 
 
+def counted(proc: ExporterProcess, *codes: str) -> Scrape | None:
+    """A scrape once the proxy has counted a POST with each of ``codes``, else None."""
+    result = scrape(proc.url)
+    found = [
+        result.value("elevate_import_proxy_requests_total", method="POST", code=c) for c in codes
+    ]
+    return result if all(found) else None
+
+
 @pytest.mark.parametrize(
     ("piece", "interval"),
     [(1, 5.0), (1000, 1.0)],
@@ -135,5 +144,5 @@ def test_a_body_slower_than_the_minimum_rate_is_answered_408_and_closed(
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert b"Connection: close" in answer
     assert time.monotonic() - started < 90
-    result = scrape(proc.url)
+    result = wait_until(lambda: counted(proc, "408"), interval=0.2, what="the 408 counted")
     assert result.value("elevate_import_proxy_requests_total", method="POST", code="408") == 1
