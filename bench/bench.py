@@ -17,6 +17,8 @@ The exit status is 1 if a target that was measured is missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +26,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +42,7 @@ from procs import (
     REPO,
     ExporterProcess,
     SimulatorProcess,
+    Tree,
     cpu_seconds,
     generated_ids,
     is_up,
@@ -49,6 +53,7 @@ from proxy_bench import PROXY_QUICK, ProxyPlan, proxy_bench, proxy_section, prox
 from registration_bench import REGISTRATION_QUICK, RegistrationPlan, registration
 from render_alone import render_alone
 from shared_scrapes import SHARED_QUICK, SharedPlan, shared_scrapes
+from side_by_side import export_tree, short_commit
 from tls_compare import tls_versus_plain
 from web_load import WEB_QUICK, WebPlan, web_load
 from web_report import tls_section, web_section, web_targets
@@ -68,9 +73,9 @@ SCRAPE_TIMEOUT = 30.0
 WARMUP_BOUND = 4.0
 LONG_BOUND = 15.0
 
-# Targets of issue 5.
+# Targets of issue 5 (the CPU ratio's from issue 25).
 SCRAPE_RATIO_LIMIT = 1.15
-CPU_RATIO_LIMIT = 1.5
+CPU_RATIO_LIMIT = 1.1
 RENDER_RATIO_LIMIT = 1.25
 RSS_LIMIT_MB = 150.0
 
@@ -99,8 +104,10 @@ class Plan:
     medium_repeats: int = 3
     long_repeats: int = 1
     cpu_imports: int = 1000
-    cpu_rounds: int = 3  # exporter and requests loop take turns, against drift of the machine
+    cpu_rounds: int = 5  # exporter and requests loop take turns, against drift of the machine
     cpu_scrapes: int = 2  # per round
+    # A git revision whose exporter takes its turn too (--cpu-old): before/after in one run.
+    cpu_old: str | None = None
     # Requests of the loop at each latency of the sweep: 200 at 100 ms take 20 s.
     floor_requests_with_latency: int = 200
     finished_imports: int = 10_000
@@ -239,56 +246,88 @@ def cpu_per_request(plan: Plan) -> dict[str, Any]:
 
     Latency 0 for both: a client's CPU per request does not depend on how long it
     waits, and this way the loop's thousands of requests take seconds, not minutes.
+    With ``plan.cpu_old``, that commit's exporter takes its turn as well, so that a
+    change is measured before and after under the same load of the machine.
     """
+    if plan.cpu_old is None:
+        return _cpu_turns(plan, None)
+    with tempfile.TemporaryDirectory(prefix="bench-cpu-old-") as folder:
+        old = export_tree(plan.cpu_old, Path(folder) / "old", short_commit(plan.cpu_old))
+        return _cpu_turns(plan, old)
+
+
+def _cpu_turns(plan: Plan, old: Tree | None) -> dict[str, Any]:
     n, scrapes = plan.cpu_imports, plan.cpu_scrapes
-    exporter_cpu = floor_cpu = 0.0
-    exporter_requests = floor_requests = 0
+    cpu = {"new": 0.0, "old": 0.0, "loop": 0.0}
+    requests = {"new": 0, "old": 0, "loop": 0}
     rounds: list[dict[str, float]] = []
     up = True
-    with (
-        SimulatorProcess(n, "IN_PROGRESS", 0.0, LOGS) as sim,
-        ExporterProcess(sim, generated_ids(n), 8, LOGS) as exporter,
-    ):
-        exporter.scrape(SCRAPE_TIMEOUT)
-        for _ in range(plan.cpu_rounds):
-            sim.reset()
-            before = cpu_seconds(exporter.pid)
-            for _ in range(scrapes):
-                up = is_up(exporter.scrape(SCRAPE_TIMEOUT).body) and up
-            cpu = cpu_seconds(exporter.pid) - before
-            sent = sim.requests_total()
-            sim.reset()
-            floor = _floor_loop(sim, n, n * scrapes)
-            # The loop's own count leaves out its unmeasured first request.
-            if sim.requests_total() != floor["requests"] + 1:
-                raise RuntimeError("the simulator did not see the loop's requests")
-            exporter_cpu += cpu
-            exporter_requests += sent
-            floor_cpu += floor["cpu_seconds"]
-            floor_requests += floor["requests"]
+    with contextlib.ExitStack() as stack:
+        sim = stack.enter_context(SimulatorProcess(n, "IN_PROGRESS", 0.0, LOGS))
+        exporters = {"new": stack.enter_context(ExporterProcess(sim, generated_ids(n), 8, LOGS))}
+        if old is not None:
+            exporters["old"] = stack.enter_context(
+                ExporterProcess(sim, generated_ids(n), 8, LOGS, label="-old", tree=old)
+            )
+        for exporter in exporters.values():
+            exporter.scrape(SCRAPE_TIMEOUT)
+        turns = [*exporters, "loop"]
+        for index in range(plan.cpu_rounds):
+            per_round: dict[str, float] = {}
+            # The order turns every round: no side always follows the same one.
+            for side in turns if index % 2 == 0 else turns[::-1]:
+                sim.reset()
+                if side == "loop":
+                    floor = _floor_loop(sim, n, n * scrapes)
+                    # The loop's own count leaves out its unmeasured first request.
+                    if sim.requests_total() != floor["requests"] + 1:
+                        raise RuntimeError("the simulator did not see the loop's requests")
+                    spent, sent = floor["cpu_seconds"], floor["requests"]
+                else:
+                    pid = exporters[side].pid
+                    before = cpu_seconds(pid)
+                    for _ in range(scrapes):
+                        up = is_up(exporters[side].scrape(SCRAPE_TIMEOUT).body) and up
+                    spent, sent = cpu_seconds(pid) - before, sim.requests_total()
+                cpu[side] += spent
+                requests[side] += sent
+                per_round[side] = 1e6 * spent / sent
             rounds.append(
                 {
-                    "exporter_us_per_request": 1e6 * cpu / sent,
-                    "floor_us_per_request": 1e6 * floor["cpu_seconds"] / floor["requests"],
+                    "exporter_us_per_request": per_round["new"],
+                    "floor_us_per_request": per_round["loop"],
+                    **({"old_us_per_request": per_round["old"]} if old is not None else {}),
                 }
             )
     result: dict[str, Any] = {
         "imports": n,
         "latency_ms": 0,
         "exporter_concurrency": 8,
-        "exporter_requests": exporter_requests,
-        "exporter_cpu_s": exporter_cpu,
+        "exporter_requests": requests["new"],
+        "exporter_cpu_s": cpu["new"],
         "exporter_all_up": up,
-        "exporter_us_per_request": 1e6 * exporter_cpu / exporter_requests,
-        "floor_requests": floor_requests,
-        "floor_cpu_s": floor_cpu,
-        "floor_us_per_request": 1e6 * floor_cpu / floor_requests,
+        "exporter_us_per_request": 1e6 * cpu["new"] / requests["new"],
+        "floor_requests": requests["loop"],
+        "floor_cpu_s": cpu["loop"],
+        "floor_us_per_request": 1e6 * cpu["loop"] / requests["loop"],
         "rounds": rounds,
     }
     result["ratio"] = result["exporter_us_per_request"] / result["floor_us_per_request"]
+    result["round_ratios"] = [
+        r["exporter_us_per_request"] / r["floor_us_per_request"] for r in rounds
+    ]
+    if old is not None:
+        result["old"] = old.name
+        result["old_us_per_request"] = 1e6 * cpu["old"] / requests["old"]
+        result["old_ratio"] = result["old_us_per_request"] / result["floor_us_per_request"]
     log(
         f"CPU per request: exporter {result['exporter_us_per_request']:.0f} us, "
         f"requests loop {result['floor_us_per_request']:.0f} us, ratio {result['ratio']:.2f}"
+        + (
+            f"; {old.name}: {result['old_us_per_request']:.0f} us, ratio {result['old_ratio']:.2f}"
+            if old is not None
+            else ""
+        )
     )
     return result
 
@@ -700,22 +739,43 @@ def _scrape_times_section(cases: list[dict[str, Any]]) -> list[str]:
 
 
 def _cpu_section(cpu: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            "work tree",
+            f"{cpu['ratio']:.2f}",
+            f"{cpu['exporter_us_per_request']:.0f}",
+            f"{cpu['floor_us_per_request']:.0f}",
+            f"{cpu['exporter_requests']} / {cpu['floor_requests']}",
+        ]
+    ]
+    if "old" in cpu:
+        rows.append(
+            [
+                cpu["old"],
+                f"{cpu['old_ratio']:.2f}",
+                f"{cpu['old_us_per_request']:.0f}",
+                f"{cpu['floor_us_per_request']:.0f}",
+                f"{cpu['exporter_requests']} / {cpu['floor_requests']}",
+            ]
+        )
+    spread = cpu.get("round_ratios", [])
     return [
         f"CPU per status request ({cpu['imports']} active ids, simulator latency 0 for both, "
         f"exporter concurrency {cpu['exporter_concurrency']}; exporter CPU includes serving "
         "and rendering its scrapes):",
         "",
         _table(
-            ["ratio", "exporter us/request", "requests loop us/request", "requests each"],
             [
-                [
-                    f"{cpu['ratio']:.2f}",
-                    f"{cpu['exporter_us_per_request']:.0f}",
-                    f"{cpu['floor_us_per_request']:.0f}",
-                    f"{cpu['exporter_requests']} / {cpu['floor_requests']}",
-                ]
+                "exporter",
+                "ratio",
+                "exporter us/request",
+                "requests loop us/request",
+                "requests each",
             ],
+            rows,
         ),
+        "",
+        "Ratio per round (work tree): " + ", ".join(f"{r:.2f}" for r in spread),
     ]
 
 
@@ -853,8 +913,13 @@ def main() -> int:
         choices=PARTS,
         help="run only this part (repeatable); the default is all of them",
     )
+    parser.add_argument(
+        "--cpu-old",
+        metavar="REV",
+        help="a git revision whose exporter takes its turns in the CPU part too (before/after)",
+    )
     args = parser.parse_args()
-    plan = QUICK if args.quick else Plan()
+    plan = dataclasses.replace(QUICK if args.quick else Plan(), cpu_old=args.cpu_old)
     parts = args.only or PARTS
     started = time.monotonic()
     log(f"benchmarking the exporter of {REPO}")

@@ -19,12 +19,10 @@ import contextlib
 import email.utils
 import heapq
 import http.client
-import itertools
 import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC
 from typing import Any, Protocol, cast
 
@@ -37,73 +35,100 @@ class Guarded(Protocol):
 
 
 current = threading.local()
-_lock = threading.Lock()  # for every guard's attach, expire and finish
 
 
 class Guard:
-    """One request's deadline: once ``expired``, the connection it went out on is shut."""
+    """One request's deadline: once ``expired``, the connection it went out on is shut.
 
-    def __init__(self) -> None:
+    Its own context manager (no generator per request): entering registers it with its
+    reaper and makes it the thread's guard; leaving finishes it and unregisters it.
+    """
+
+    __slots__ = ("_deadline", "_done", "_on", "_reaper", "expired")
+
+    def __init__(self, reaper: Reaper, deadline: float) -> None:
         self.expired = self._done = False
         self._on: Guarded | None = None
+        self._reaper, self._deadline = reaper, deadline
+
+    def __enter__(self) -> Guard:
+        self._reaper._add(self)
+        current.guard = self
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        current.guard = None
+        self._reaper._remove(self)
 
     def attach(self, connection: Guarded) -> None:
-        with _lock:
+        with self._reaper._lock:
             connection.guard, self._on = self, connection
             if self.expired:
                 shut(connection)
 
     def expire(self) -> None:
-        with _lock:
-            self.expired = not self._done
-            # Back in the pool, the connection may already carry another request.
-            if self.expired and self._on is not None and self._on.guard is self:
-                shut(self._on)
-
-    def finish(self) -> None:
-        with _lock:
-            self._done, self._on = True, None
+        """Called by the reaper, under its lock."""
+        self.expired = not self._done
+        # Back in the pool, the connection may already carry another request.
+        if self.expired and self._on is not None and self._on.guard is self:
+            shut(self._on)
 
 
 class Reaper:
-    """The thread that expires guards at their deadlines (monotonic)."""
+    """The thread that expires guards at their deadlines (monotonic).
+
+    The requests of a poll round share its deadline, so guards are kept in one set per
+    deadline and the heap holds deadlines, not guards: registering is a set insert (a
+    heap push only for a deadline not seen yet), and a finished guard leaves its set at
+    once instead of waiting in the heap until its deadline.
+    """
 
     def __init__(self) -> None:
-        self._wake = threading.Condition()
-        self._due: list[tuple[float, int, Guard]] = []
-        self._order = itertools.count()
+        self._lock = threading.Lock()  # every guard's add, attach, expire and remove
+        self._wake = threading.Condition(self._lock)
+        self._due: list[float] = []
+        self._sets: dict[float, set[Guard]] = {}
         self._closed = self._started = False
 
-    @contextlib.contextmanager
-    def guard(self, deadline: float) -> Iterator[Guard]:
+    def guard(self, deadline: float) -> Guard:
         """A guard for the request this thread sends within the ``with`` block."""
-        guard = Guard()
-        with self._wake:
-            heapq.heappush(self._due, (deadline, next(self._order), guard))
-            if not self._started:
-                self._started = True
-                threading.Thread(target=self._run, name="elevate-deadline", daemon=True).start()
-            if self._due[0][2] is guard:  # due before all others: the reaper must know
-                self._wake.notify()
-        current.guard = guard
-        try:
-            yield guard
-        finally:
-            current.guard = None
-            guard.finish()
+        return Guard(self, deadline)
 
     def close(self) -> None:
         with self._wake:
             self._closed = True
             self._wake.notify()
 
+    def _add(self, guard: Guard) -> None:
+        deadline = guard._deadline
+        with self._lock:
+            guards = self._sets.get(deadline)
+            if guards is not None:
+                guards.add(guard)
+                return
+            self._sets[deadline] = {guard}
+            heapq.heappush(self._due, deadline)
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._run, name="elevate-deadline", daemon=True).start()
+            if self._due[0] == deadline:  # due before all others: the reaper must know
+                self._wake.notify()
+
+    def _remove(self, guard: Guard) -> None:
+        with self._lock:
+            guard._done, guard._on = True, None
+            guards = self._sets.get(guard._deadline)
+            if guards is not None:
+                guards.discard(guard)
+
     def _run(self) -> None:
         with self._wake:
             while not self._closed:
                 now = time.monotonic()
-                while self._due and self._due[0][0] <= now:
-                    heapq.heappop(self._due)[2].expire()
-                self._wake.wait(self._due[0][0] - now if self._due else None)
+                while self._due and self._due[0] <= now:
+                    for guard in self._sets.pop(heapq.heappop(self._due)):
+                        guard.expire()
+                self._wake.wait(self._due[0] - now if self._due else None)
 
 
 def shut(connection: Guarded) -> None:
