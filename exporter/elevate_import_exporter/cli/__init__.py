@@ -13,6 +13,7 @@ import click
 from elevate_import_exporter import __version__
 from elevate_import_exporter.cli import exporter, proxy, simulate, status, track
 from elevate_import_exporter.cli.common import SetupError
+from elevate_import_exporter.core.allocator import limit_arenas
 
 __all__ = ["SetupError", "cli", "main"]
 
@@ -32,4 +33,6 @@ cli.add_command(proxy.proxy_command)
 
 
 def main() -> None:
+    # Before any thread starts: a thread's first allocation picks its arena for good.
+    limit_arenas()
     cli(prog_name="elevate-import-exporter")
