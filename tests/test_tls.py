@@ -414,7 +414,9 @@ def test_100_unfinished_handshakes_hold_no_thread_and_are_cut_at_the_header_time
             for _ in range(5):
                 answer = session.get(served.url + "/-/healthy", verify=str(pki.ca_file), timeout=5)
                 assert answer.text == "ok /-/healthy"
-        assert threading.active_count() <= threads
+        # The pool starts its handler threads as requests need them (at most max_threads=4);
+        # the 100 stalled handshakes, held by the loop alone, start none.
+        assert threading.active_count() <= threads + 4
         assert all(closed_by_peer(sock, 20) for sock in stalled)
 
 

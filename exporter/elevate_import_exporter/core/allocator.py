@@ -12,7 +12,6 @@ and the GIL make more arenas buy almost nothing in speed here.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # mallopt's parameter number for the arena limit (malloc.h: M_ARENA_MAX).
@@ -31,8 +30,9 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     if os.environ.get(ENV):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        mallopt = libc.mallopt
+        # The symbols the process has loaded already, libc's among them: find_library
+        # would run ldconfig or a compiler in a child process to find the file.
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
