@@ -52,9 +52,9 @@ from procs import (
     API_KEY,
     REPO,
     WORK_TREE,
+    Child,
     SimulatorProcess,
     Tree,
-    _wait_for,  # the same readiness poll
     free_port,
     generated_ids,
     http_get,
@@ -118,58 +118,24 @@ runpy.run_module("elevate_import_exporter", run_name="__main__", alter_sys=True)
 """
 
 
-class Exporter:
+class Exporter(Child):
     """``run`` through CHILD, on a free loopback port; ``trace`` is where its tracemalloc
     report goes (None: no tracemalloc). Stopped with SIGTERM on exit."""
 
     def __init__(
         self, name: str, args: list[str], logs: Path, tree: Tree, trace: Path | None
     ) -> None:
-        self.name = name
-        self.port = free_port()
         self.trace = trace
-        self._log = (logs / f"{name}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                CHILD,
-                str(trace or ""),
-                *args,
-                "--web.listen-address",
-                f"127.0.0.1:{self.port}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=tree.env(),
-            cwd=tree.root,
+        port = free_port()
+        super().__init__(
+            name,
+            [*args, "--web.listen-address", f"127.0.0.1:{port}"],
+            port,
+            "/-/ready",
+            logs,
+            tree=tree,
+            program=("-c", CHILD, str(trace or "")),
         )
-        try:
-            _wait_for(self.port, "/-/ready", name, self.proc)
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-
-    def __enter__(self) -> Exporter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def scrape(self) -> bytes:
         answer = http_get(

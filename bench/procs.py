@@ -172,6 +172,7 @@ class Child:
         logs: Path,
         client: Client = PLAIN,
         tree: Tree = WORK_TREE,
+        program: tuple[str, ...] = ("-m", "elevate_import_exporter"),
     ):
         self.name = name
         self.port = port
@@ -180,7 +181,7 @@ class Child:
         logs.mkdir(parents=True, exist_ok=True)
         self._log = (logs / f"{name}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "elevate_import_exporter", *args],
+            [sys.executable, *program, *args],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
