@@ -374,7 +374,14 @@ def finished_imports(plan: Plan) -> dict[str, Any]:
             generated_ids(n) + live_ids(live),
             8,
             LOGS,
-            extra_args=["--imports.max-tracked", str(n + live)],
+            # An allowlisted label, so that the page holds issue 22's families in full:
+            # elevate_import_labels has a series per import (the floor has none of them).
+            extra_args=[
+                "--imports.max-tracked",
+                str(n + live),
+                "--imports.metric-labels",
+                "feed_name",
+            ],
         ) as exporter,
         RenderFloor(n, live) as floor,
     ):

@@ -2,6 +2,10 @@
 exposition over a fixed snapshot of finished and live imports, against prometheus_client's
 generate_latest of the same registry (which reads the same families' samples).
 
+The aggregates of issue 22 are included, as a deployment that allowlists a label has them:
+``feed_name`` on every import (a few distinct values), so ``elevate_import_labels`` has a
+series per import, and the finished imports counted with a duration and a queue time.
+
 Each render after the first is of a new snapshot, as after a poll round: the live imports'
 states are new, the finished ones' the same objects.
 """
@@ -16,6 +20,7 @@ from procs import generated_ids, live_ids
 from prometheus_client import CollectorRegistry, generate_latest
 
 from elevate_import_exporter.core.model import ImportInfo
+from elevate_import_exporter.core.outcomes import Finish, LeftQueue, Outcomes
 from elevate_import_exporter.core.state import ImportState
 from elevate_import_exporter.metrics.collector import ImportCollector
 from elevate_import_exporter.metrics.exposition import render
@@ -57,11 +62,34 @@ class _Rounds:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
+    @property
+    def now(self) -> float:
+        return self._now
+
+
+# Distinct feeds among the imports: a feed job per type and shop, say.
+FEEDS = 20
+
+
+def outcomes_of(finished: list[str], live: list[str], now: float) -> Outcomes:
+    """The aggregates after ``finished`` imports ended and with ``live`` ones tracked."""
+    outcomes = Outcomes(("feed_name",))
+    for n, import_id in enumerate([*finished, *live]):
+        labels = (("feed_name", f"feed-{n % FEEDS}"),)
+        outcomes.track(import_id, "PRODUCTS", labels)
+    for n, import_id in enumerate(finished):
+        labels = (("feed_name", f"feed-{n % FEEDS}"),)
+        outcomes.left_queue(import_id, LeftQueue("PRODUCTS", labels, 5.0 + n % 300))
+        finish = Finish("PRODUCTS", "SUCCESS", labels, now - 3600, 60.0 + n % 7200)
+        outcomes.finished(import_id, finish)
+    return outcomes
+
 
 def render_alone(finished: int, live: int, repeats: int = 5) -> dict[str, Any]:
     rounds = _Rounds(finished, live)
     registry = CollectorRegistry()
-    registry.register(ImportCollector(rounds, RequestStats()))
+    outcomes = outcomes_of(generated_ids(finished), live_ids(live), rounds.now)
+    registry.register(ImportCollector(rounds, RequestStats(), outcomes=outcomes))
     first = _cpu(lambda: render(registry, "text/plain", ""))
     cpu: dict[str, list[float]] = {"text": [], "gzip": [], "generate_latest": []}
     for _ in range(repeats):

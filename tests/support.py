@@ -42,6 +42,21 @@ def need_tool(name: str) -> str:
     return path
 
 
+def assert_promtool_approves(promtool: str, text: str) -> None:
+    """``promtool check metrics`` passes ``text`` (an exposition) without a word: no error,
+    and none of its lint warnings either."""
+    checked = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text.encode("utf-8"),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    report = (checked.stdout + checked.stderr).decode("utf-8", "replace")
+    assert checked.returncode == 0, report
+    assert report.strip() == "", report
+
+
 def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> int:
     """SIGTERM, then SIGKILL if the process has not ended within ``grace`` seconds."""
     if process.poll() is None:
@@ -147,7 +162,7 @@ class Exporters:
             exporter.stop()
 
 
-# The contract's error reasons, and `unexpected_status` (1xx, 3xx) that the README adds:
+# The contract's error reasons, and `unexpected_status` (1xx, 3xx) that docs/metrics.md adds:
 # written out here, not taken from the code, so that a changed list fails a test.
 ERROR_REASONS = (
     "forbidden",

@@ -1,7 +1,8 @@
 """The shipped alert rules, their promtool unit tests, the runbook and the examples.
 
-promtool and amtool check the files; the unit tests in prometheus/alerts_test.yml
-prove each alert's timing; a real Alertmanager proves the example's inhibition.
+promtool and amtool check the files; the unit tests in prometheus/alerts_test.yml and
+prometheus/slo_test.yml prove each alert's timing and each recording rule's value; a
+real Alertmanager proves the example's inhibition and its routes by team.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import free_port, need_tool, stop_process, wait_until
+from tests.alerting import post_alerts, running_alertmanager
+from tests.support import need_tool, wait_until
 from tests.test_dashboard import CONTRACT_LABELS, PROMETHEUS_LABELS, TARGET_LABELS, read_promql
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "prometheus" / "alerts.yml"
 RULE_TESTS = REPO / "prometheus" / "alerts_test.yml"
+SLO_TESTS = REPO / "prometheus" / "slo_test.yml"
+UNIT_TESTS = (RULE_TESTS, SLO_TESTS)
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO / "prometheus" / "alertmanager.yml"
 RUNBOOK = REPO / "docs" / "runbook.md"
@@ -41,13 +45,36 @@ ALERTS = (
     "ElevateApiServerErrors",
     "ElevateApiUnreachable",
     "ElevateExporterDown",
+    "ElevateImportErrorBudgetFastBurn",
+    "ElevateImportErrorBudgetSlowBurn",
+    "ElevateImportFeedQuiet",
 )
 IMPORT_ALERTS = ALERTS[:4]
+# The alerts about one import id: they carry its owner labels.
+PER_IMPORT_ALERTS = ALERTS[:5]
+WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+RECORDS = tuple(
+    f"elevate_import:{kind}_ratio:rate{window}"
+    for window in WINDOWS
+    for kind in ("error", "success")
+)
+OWNER_LABELS = frozenset({"feed_name", "team"})
+# The metrics of issue 22 that the rules read, with the labels the exporter gives them;
+# the recorded series keep cluster, job and type.
+NEW_LABELS: dict[str, frozenset[str]] = {
+    "elevate_import_finished_total": frozenset({"type", "status"}) | OWNER_LABELS,
+    "elevate_import_last_final_timestamp_seconds": frozenset({"type", "status"}) | OWNER_LABELS,
+    "elevate_import_labels": frozenset({"id"}) | OWNER_LABELS,
+} | {record: frozenset({"cluster", "job", "type"}) for record in RECORDS}
 
 
 def load_rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
     return [rule for group in groups for rule in group["rules"]]
+
+
+def load_alerts() -> list[dict[str, Any]]:
+    return [rule for rule in load_rules() if "alert" in rule]
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -62,7 +89,7 @@ def github_anchor(heading: str) -> str:
 
 @pytest.fixture(scope="module")
 def rules() -> dict[str, dict[str, Any]]:
-    return {rule["alert"]: rule for rule in load_rules()}
+    return {rule["alert"]: rule for rule in load_alerts()}
 
 
 # -- the real tools ---------------------------------------------------------------------
@@ -71,11 +98,12 @@ def rules() -> dict[str, dict[str, Any]]:
 def test_promtool_accepts_the_rules_with_every_lint_fatal() -> None:
     result = run(need_tool("promtool"), "check", "rules", "--lint=all", "--lint-fatal", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
+    assert f"SUCCESS: {len(ALERTS) + len(RECORDS)} rules found" in result.stdout
 
 
-def test_the_promtool_unit_tests_of_every_alert_pass() -> None:
-    result = run(need_tool("promtool"), "test", "rules", str(RULE_TESTS))
+@pytest.mark.parametrize("tests", UNIT_TESTS, ids=lambda path: path.name)
+def test_the_promtool_unit_tests_of_every_alert_and_recording_rule_pass(tests: Path) -> None:
+    result = run(need_tool("promtool"), "test", "rules", str(tests))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -89,15 +117,63 @@ def test_promtool_accepts_the_example_prometheus_config() -> None:
 def test_amtool_accepts_the_example_alertmanager_config() -> None:
     result = run(need_tool("amtool"), "check-config", str(ALERTMANAGER_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 inhibit rules" in result.stdout
+    assert "4 inhibit rules" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["alertname=ElevateImportFailed", "team=catalog", "id=1"], "team-catalog"),
+        (["alertname=ElevateImportStuck", "team=merchandising", "id=2"], "team-merchandising"),
+        (["alertname=ElevateImportFeedQuiet", "team=catalog", "type=ADS"], "team-catalog"),
+        # Past the exporter's cap of distinct values, and without any team.
+        (["alertname=ElevateImportFailed", "team=other", "id=3"], "team-search"),
+        (["alertname=ElevateImportFailed", "id=4"], "team-search"),
+        (["alertname=ElevateImportErrorBudgetFastBurn", "type=PRODUCTS"], "team-search"),
+    ],
+)
+def test_amtool_routes_an_alert_to_the_receiver_of_its_team(
+    labels: list[str], receiver: str
+) -> None:
+    config = f"--config.file={ALERTMANAGER_CONFIG}"
+    result = run(need_tool("amtool"), "config", "routes", "test", config, *labels)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == [receiver]
 
 
 # -- the rules as data ------------------------------------------------------------------
 
 
-def test_the_rules_are_exactly_the_alerts_of_the_issue(rules: dict[str, dict[str, Any]]) -> None:
+def test_the_rules_are_exactly_the_alerts_and_recording_rules_of_the_issues(
+    rules: dict[str, dict[str, Any]],
+) -> None:
     assert sorted(rules) == sorted(ALERTS)
-    assert len(load_rules()) == len(ALERTS), "no duplicate or recording rules"
+    records = [rule["record"] for rule in load_rules() if "record" in rule]
+    assert sorted(records) == sorted(RECORDS)
+    assert len(load_rules()) == len(ALERTS) + len(RECORDS), "no duplicates"
+
+
+def test_every_join_and_aggregation_keeps_the_cluster_target_label() -> None:
+    for rule in load_rules():
+        clauses = re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"])
+        for clause in clauses:
+            assert "cluster" in clause.replace(" ", "").split(","), (rule, clause)
+
+
+def test_the_per_import_alerts_join_the_owner_labels_and_keep_a_row_without_them(
+    rules: dict[str, dict[str, Any]],
+) -> None:
+    for name, rule in rules.items():
+        expr = rule["expr"]
+        if name not in PER_IMPORT_ALERTS:
+            assert "elevate_import_labels" not in expr, name
+            continue
+        assert "group_left (feed_name, team) # OWNER LABELS" in expr, name
+        assert "topk by (cluster, job, instance, id) (1, elevate_import_labels)" in expr, name
+        # The fallback row comes from the alert's own metric, which every id it names has.
+        own = read_promql(expr).selectors[0].metric
+        assert "or on (cluster, job, instance, id)\n" in expr, name
+        assert f"group by (cluster, job, instance, id) ({own})" in expr, name
 
 
 def test_every_alert_has_severity_a_static_summary_a_description_and_a_runbook(
@@ -152,6 +228,8 @@ def test_rules_name_only_metrics_and_labels_of_the_contract(
         for selector in reading.selectors:
             if selector.metric in PROMETHEUS_LABELS:
                 known = PROMETHEUS_LABELS[selector.metric] or frozenset()
+            elif selector.metric in NEW_LABELS:
+                known = NEW_LABELS[selector.metric] | TARGET_LABELS | {"cluster"}
             else:
                 assert selector.metric in CONTRACT_LABELS, (name, selector.metric)
                 known = CONTRACT_LABELS[selector.metric] | TARGET_LABELS
@@ -223,14 +301,21 @@ def test_every_threshold_is_listed_in_the_header_of_the_rules_file(
     assert share.group(1) in header
     # Every line marked THRESHOLD is in a rule the header lists.
     assert text.count("# THRESHOLD") == sum("for" in r for r in rules.values()) + 2
+    # The generated thresholds are listed with the generator's options.
+    for option in ("--quiet-after 26h", "--slo-objective 0.99", "--slo-min-errors 2"):
+        assert option in header
 
 
 def test_every_alert_has_a_unit_test_that_fires_and_one_that_stays_quiet() -> None:
-    tests = yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))["tests"]
+    tests = [
+        case
+        for path in UNIT_TESTS
+        for case in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]
+    ]
     fired: set[str] = set()
     quiet: set[str] = set()
     for case in tests:
-        for check in case["alert_rule_test"]:
+        for check in case.get("alert_rule_test", []):
             (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
             for alert in check.get("exp_alerts") or []:
                 # Firing cases check the rendered annotations, not just the labels.
@@ -240,54 +325,38 @@ def test_every_alert_has_a_unit_test_that_fires_and_one_that_stays_quiet() -> No
     assert quiet == set(ALERTS)
 
 
+def _names_in(expr: str) -> set[str]:
+    """The recorded series an expression of a unit test selects, by name or by regex."""
+    named = {record for record in RECORDS if re.search(re.escape(record) + r"(?![\w:])", expr)}
+    for pattern in re.findall(r'__name__=~"([^"]+)"', expr):
+        named |= {record for record in RECORDS if re.fullmatch(pattern, record)}
+    return named
+
+
+def test_every_recording_rule_has_a_unit_test_of_its_value_and_one_where_it_records_nothing() -> (
+    None
+):
+    checks = [
+        check
+        for case in yaml.safe_load(SLO_TESTS.read_text(encoding="utf-8"))["tests"]
+        for check in case.get("promql_expr_test", [])
+    ]
+    valued = set().union(*(_names_in(c["expr"]) for c in checks if c["exp_samples"]))
+    empty = set().union(*(_names_in(c["expr"]) for c in checks if not c["exp_samples"]))
+    assert valued == set(RECORDS)
+    assert empty == set(RECORDS)
+
+
 # -- the Alertmanager inhibition, in a real Alertmanager -----------------------------------
 
 
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = need_tool("prometheus-alertmanager")
-    tmp = tmp_path_factory.mktemp("alertmanager")
     config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text(encoding="utf-8"))
     # Same routes and inhibition; a receiver without integrations, so nothing is sent.
     config["receivers"] = [{"name": r["name"]} for r in config["receivers"]]
-    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (tmp / "alertmanager.log").open("w")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp / 'alertmanager.yml'}",
-            f"--storage.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _ready(url), timeout=20, what="Alertmanager ready")
+    with running_alertmanager(config, tmp_path_factory.mktemp("alertmanager")) as url:
         yield url
-    finally:
-        stop_process(process)
-        log.close()
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
-
-
-def _post_alerts(url: str, alerts: list[dict[str, str]]) -> None:
-    body = json.dumps([{"labels": labels} for labels in alerts]).encode()
-    request = urllib.request.Request(
-        f"{url}/api/v2/alerts", data=body, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as answer:
-        assert answer.status == 200
 
 
 def _inhibited(url: str, alertname: str, **labels: str) -> bool | None:
@@ -314,7 +383,7 @@ def test_ElevateApiUnreachable_holds_back_the_stale_import_alerts_of_its_exporte
     alertmanager: str,
 ) -> None:
     a = {"job": JOB, "instance": "a:10025"}
-    _post_alerts(
+    post_alerts(
         alertmanager,
         [
             {"alertname": "ElevateApiUnreachable", **a},
@@ -335,7 +404,7 @@ def test_ElevateApiUnreachable_holds_back_the_stale_import_alerts_of_its_exporte
 def test_no_outage_holds_back_a_failed_or_aborted_import(alertmanager: str, source: str) -> None:
     # Final statuses cannot go stale: a failure must page even while the API is down.
     where = {"job": f"elevate-{source}", "instance": "f:1"}
-    _post_alerts(
+    post_alerts(
         alertmanager,
         [
             {"alertname": source, **where},
@@ -353,7 +422,7 @@ def test_no_outage_holds_back_a_failed_or_aborted_import(alertmanager: str, sour
 def test_an_absent_exporter_target_holds_back_the_import_alerts_of_its_job(
     alertmanager: str,
 ) -> None:
-    _post_alerts(
+    post_alerts(
         alertmanager,
         [
             {"alertname": "ElevateExporterDown", "job": "elevate-c"},
@@ -371,7 +440,7 @@ def test_an_absent_exporter_target_holds_back_the_import_alerts_of_its_job(
 
 
 def test_a_rejected_key_holds_back_ElevateApiUnreachable(alertmanager: str) -> None:
-    _post_alerts(
+    post_alerts(
         alertmanager,
         [
             {"alertname": "ElevateApiKeyRejected", "job": "elevate-e", "instance": "e:1"},

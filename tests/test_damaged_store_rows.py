@@ -35,6 +35,8 @@ COLUMNS = (
     "last_answer",
     "final_at",
     "retired_at",
+    "started_at",
+    "left_queue_at",
 )
 # An hour ago: recent enough that no row is purged as old history.
 T0 = float(int(time.time()) - 3600)
@@ -63,6 +65,8 @@ class Damage:
             "last_answer": repr(T0 + 60),
             "final_at": repr(T0 + 60),
             "retired_at": repr(T0 + 120),  # retired: shown in the history of the page
+            "started_at": repr(T0 - 30),
+            "left_queue_at": repr(T0 + 30),
         }
         row[self.column] = self.value
         return row
@@ -98,6 +102,12 @@ VARIANTS = (
     Damage("id-slash", "id", "'a/b'", "'a/b'"),
     Damage("id-blob", "id", "X'32313137'", "X'32313137'"),
     Damage("id-too-long", "id", "'" + "9" * 65 + "'", "'" + "9" * 65 + "'"),
+)
+# The columns of the second schema (when an import began and left the queue) follow the
+# same rule; apart from VARIANTS, which fill the warnings that are named one by one.
+SECOND_SCHEMA = (
+    Damage("started-word", "started_at", "'at the 202'", "'2117'"),
+    Damage("left-queue-negative", "left_queue_at", "-1", "'2118'"),
 )
 
 
@@ -225,6 +235,22 @@ def test_every_variant_of_a_damaged_row_is_skipped_named_and_left_in_the_file(
     for import_id in ("2101", "2116", "a/b", "99999"):
         assert any(import_id in line for line in warnings), import_id
     assert "Traceback" not in proc.stderr()
+    assert proc.stop() == 0
+    assert raw_rows(db) == before
+
+
+def test_a_damaged_start_or_queue_time_skips_the_row_and_names_the_column(
+    exporter_process: ExporterProcessFor, sim: Simulator, tmp_path: Path
+) -> None:
+    db = tmp_path / "store.db"
+    damaged_store(db, SECOND_SCHEMA)
+    before = raw_rows(db)
+    proc = start(exporter_process, sim, db)
+    assert_serves_the_good_rows(proc)
+    warnings = skip_warnings(proc)
+    assert len(warnings) == len(SECOND_SCHEMA), proc.stderr()
+    for damage in SECOND_SCHEMA:
+        assert any(damage.column in line and damage.id in line for line in warnings), damage
     assert proc.stop() == 0
     assert raw_rows(db) == before
 

@@ -34,8 +34,13 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 STATUSES = ("NOT_FOUND", "WAITING", "BLOCKED", "IN_PROGRESS", "SUCCESS", "FAILURE", "ABORTED")
 
-# The metric names and labels of docs/contract.md (histogram series spelled out),
-# plus the two series Prometheus makes itself. Prometheus adds job and instance.
+# The labels that --imports.metric-labels may add to the aggregates of imports over weeks
+# (those the dashboard groups by; any allowlisted name would do).
+ALLOWLISTED = frozenset({"feed_name"})
+
+# The metric names and labels of docs/contract.md and of the README's metrics table
+# (histogram series spelled out), plus the two series Prometheus makes itself. Prometheus
+# adds job and instance, and the cluster label of a scrape config (one exporter per cluster).
 CONTRACT_LABELS: dict[str, frozenset[str]] = {
     "elevate_import_status": frozenset({"id", "type", "status"}),
     "elevate_import_info": frozenset({"id", "type", "message"}),
@@ -53,8 +58,23 @@ CONTRACT_LABELS: dict[str, frozenset[str]] = {
     "elevate_import_api_request_duration_seconds_sum": frozenset(),
     "elevate_import_api_request_duration_seconds_count": frozenset(),
     "elevate_import_exporter_build_info": frozenset({"version", "python_version"}),
+    # Imports over weeks: aggregates that outlive the per-id series.
+    "elevate_import_finished_total": frozenset({"type", "status"}) | ALLOWLISTED,
+    "elevate_import_duration_seconds_bucket": frozenset({"type", "status", "le"}) | ALLOWLISTED,
+    "elevate_import_duration_seconds_sum": frozenset({"type", "status"}) | ALLOWLISTED,
+    "elevate_import_duration_seconds_count": frozenset({"type", "status"}) | ALLOWLISTED,
+    "elevate_import_queue_seconds_bucket": frozenset({"type", "le"}) | ALLOWLISTED,
+    "elevate_import_queue_seconds_sum": frozenset({"type"}) | ALLOWLISTED,
+    "elevate_import_queue_seconds_count": frozenset({"type"}) | ALLOWLISTED,
+    "elevate_import_last_final_timestamp_seconds": frozenset({"type", "status"}) | ALLOWLISTED,
+    # The import proxy, inside the exporter or alone.
+    "elevate_import_proxy_requests_total": frozenset({"method", "code"}),
+    "elevate_import_proxy_bytes_total": frozenset({"direction"}),
+    "elevate_import_proxy_imports_total": frozenset({"type", "outcome"}),
+    "elevate_import_proxy_upstream_errors_total": frozenset({"reason"}),
+    "elevate_import_proxy_registration_failures_total": frozenset(),
 }
-TARGET_LABELS = frozenset({"job", "instance"})
+TARGET_LABELS = frozenset({"cluster", "job", "instance"})
 PROMETHEUS_LABELS: dict[str, frozenset[str] | None] = {
     "up": TARGET_LABELS,
     "ALERTS": None,  # carries whatever labels the alerts have
@@ -63,21 +83,36 @@ PROMETHEUS_LABELS: dict[str, frozenset[str] | None] = {
 # What Grafana would put in for the variables when checking that queries parse.
 PARSE_VALUES = {
     "datasource": "prometheus",
+    "cluster": ".*",
+    "objective": "0.99",
     "job": ".+",
     "instance": ".+",
     "type": ".*",
     "id": ".+",
     "__rate_interval": "1m",
+    "__interval": "1d",
     "__range": "6h",
 }
 # Ranges a query may use: the rate interval in rate() and friends, the dashboard's range
-# (optionally as a subquery at a fixed resolution) in *_over_time.
+# (optionally as a subquery at a fixed resolution) in *_over_time. The panels over weeks
+# take increase() over their own interval (a day) or their own range (30 days).
 RATE_RANGES = frozenset({"$__rate_interval"})
 OVER_TIME_RANGES = frozenset({"$__range", "$__range:1m"})
+WEEKS_RANGES = frozenset({"$__interval", "$__range"})
 
 CURRENT_TABLE = "Current status per import"
 FAILED_TABLE = "Failed and aborted imports in the selected range"
 AGE_PANEL = "Age of unfinished imports"
+WEEKS_ROW = "Over weeks: is it getting worse? (last 30 days, one point a day)"
+PROXY_ROW = "Import proxy"
+SUCCESS_RATIO = "Success ratio by type and feed"
+FINISHED_PER_DAY = "Imports finished per day by status"
+DURATIONS = "Duration of successful imports p50 / p95 by type"
+QUEUE_TIMES = "Queue time p50 / p95 by type"
+BUDGET = "Error budget left, 30 days (objective $objective)"
+LAST_SUCCESS = "Last success per type and feed"
+# The SLO's objective as deploy/generate.py writes it by default.
+OBJECTIVE = "0.99"
 ALERTS_PATH = REPO / "prometheus" / "alerts.yml"
 
 
@@ -90,6 +125,7 @@ _TOKEN = re.compile(
     | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
     | (?P<range>\[[^\]]*\])
     | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+    | (?P<variable>\$\w+|\$\{\w+\})  # a dashboard variable that stands for a number
     | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
     | (?P<op>=~|!~|!=|==|>=|<=|[-+*/%^<>=(){},@])
     """,
@@ -257,10 +293,33 @@ def load_dashboard() -> dict[str, Any]:
     return loaded
 
 
-def panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def laid_out(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel on the grid, rows among them."""
     for panel in dashboard["panels"]:
         yield panel
         yield from panel.get("panels", [])  # panels inside collapsed rows
+
+
+def panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """The panels that show data: all but the rows."""
+    return (panel for panel in laid_out(dashboard) if panel["type"] != "row")
+
+
+def row_panels(dashboard: Mapping[str, Any], title: str) -> list[dict[str, Any]]:
+    """The panels of the row ``title``: inside it when it is collapsed, else the ones
+    below it up to the next row."""
+    top = dashboard["panels"]
+    for index, panel in enumerate(top):
+        if panel["type"] == "row" and panel["title"] == title:
+            if panel["collapsed"]:
+                return list(panel["panels"])
+            found: list[dict[str, Any]] = []
+            for below in top[index + 1 :]:
+                if below["type"] == "row":
+                    break
+                found.append(below)
+            return found
+    raise AssertionError(f"no row titled {title!r}")
 
 
 def panel_titled(dashboard: Mapping[str, Any], title: str) -> dict[str, Any]:
@@ -347,11 +406,11 @@ def test_the_datasource_variable_offers_prometheus_data_sources(dashboard: dict[
     assert variables["datasource"]["query"] == "prometheus"
 
 
-def test_job_instance_type_and_id_are_chained_multi_value_query_variables(
+def test_cluster_job_instance_type_and_id_are_chained_multi_value_query_variables(
     dashboard: dict[str, Any],
 ) -> None:
     variables = {v["name"]: v for v in query_variables(dashboard)}
-    assert list(variables) == ["job", "instance", "type", "id"]
+    assert list(variables) == ["cluster", "job", "instance", "type", "id"]
     for name, variable in variables.items():
         assert variable["datasource"] == DATASOURCE, name
         assert variable["multi"] is True, name
@@ -368,8 +427,21 @@ def test_job_instance_type_and_id_are_chained_multi_value_query_variables(
         assert {m: v for m, (_, v) in only.matchers.items()} == {e: f"${e}" for e in earlier}
     # type is "" for imports of Admin API v4; ".+" would hide them under All.
     assert variables["type"]["allValue"] == ".*"
+    # A Prometheus without cluster labels (one cluster) has none: All must match that too.
+    assert variable_query(variables["cluster"]) == ("elevate_import_up", "cluster")
+    assert variables["cluster"]["allValue"] == ".*"
     for name in ("job", "instance", "id"):
         assert variables[name]["allValue"] == ".+"
+
+
+def test_the_slo_objective_is_a_hidden_constant_shown_in_the_budget_title(
+    dashboard: dict[str, Any],
+) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    objective = variables["objective"]
+    assert (objective["type"], objective["query"], objective["hide"]) == ("constant", OBJECTIVE, 2)
+    assert 0 < float(objective["query"]) < 1
+    assert "$objective" in panel_titled(dashboard, BUDGET)["title"]
 
 
 def test_every_panel_uses_the_datasource_variable(dashboard: dict[str, Any]) -> None:
@@ -401,9 +473,9 @@ def test_every_panel_has_a_title_a_description_and_a_unit_or_value_mappings(
 
 def test_panels_do_not_overlap_and_fit_in_24_columns(dashboard: dict[str, Any]) -> None:
     taken: dict[tuple[int, int], str] = {}
-    ids = [p["id"] for p in panels(dashboard)]
+    ids = [p["id"] for p in laid_out(dashboard)]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
-    for panel in panels(dashboard):
+    for panel in laid_out(dashboard):
         grid = panel["gridPos"]
         assert grid["x"] >= 0
         assert grid["y"] >= 0
@@ -427,7 +499,7 @@ def test_the_panels_the_issue_asks_for_are_there(dashboard: dict[str, Any]) -> N
         for p in by_type["stat"]
         for q in p["targets"]
     )
-    assert {p["title"] for p in by_type["table"]} == {CURRENT_TABLE, FAILED_TABLE}
+    assert {p["title"] for p in by_type["table"]} == {CURRENT_TABLE, FAILED_TABLE, LAST_SUCCESS}
     table = panel_titled(dashboard, CURRENT_TABLE)
     assert "elevate_import_info" in table["targets"][0]["expr"]
     assert "elevate_import_last_status_change_timestamp_seconds" in table["targets"][0]["expr"]
@@ -526,6 +598,7 @@ def test_the_new_panels_honour_the_job_instance_type_and_id_variables(
     for target in panel_titled(dashboard, title)["targets"]:
         for selector in read_promql(target["expr"]).selectors:
             expected = {"job": ("=~", "$job"), "instance": ("=~", "$instance")}
+            expected["cluster"] = ("=~", "$cluster")
             expected["id"] = ("=~", "$id")
             if "type" in CONTRACT_LABELS[selector.metric]:
                 expected["type"] = ("=~", "$type")
@@ -709,13 +782,253 @@ def test_the_age_panel_shows_the_clock_of_each_unfinished_import(
     )
 
 
+# -- the panels over weeks, on made-up aggregates ---------------------------------------------
+
+# A day's step and the 30 days' range, shortened to the hour of made-up series.
+WEEKS_VALUES = RANGE_VALUES | {"__interval": "1h", "__range": "1h"}
+
+
+def weeks_queries(dashboard: Mapping[str, Any], title: str, **chosen: str) -> list[str]:
+    values = WEEKS_VALUES | chosen
+    return [substitute(t["expr"], values) for t in panel_titled(dashboard, title)["targets"]]
+
+
+def grouped(value: float, **labels: str) -> dict[str, Any]:
+    """A sample of an aggregation: only the labels it groups by."""
+    written = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"labels": f"{{{written}}}", "value": value}
+
+
+def finished_series() -> list[dict[str, str]]:
+    """Imports finished in the hour, in two clusters: a's nightly PRODUCTS feed 198 of 200
+    succeeded, a's ADS (no feed) 100 of 100; b's PRODUCTS feed none of 50."""
+    finished = "elevate_import_finished_total"
+    products = {"type": "PRODUCTS", "feed_name": "nightly"}
+    # Every final status is published at 0 before the first import ends.
+    return [
+        series(finished, "0x10 198x50", cluster="a", status="SUCCESS", **products),
+        series(finished, "0x20 2x40", cluster="a", status="FAILURE", **products),
+        series(finished, "0x60", cluster="a", status="ABORTED", **products),
+        series(finished, "0x10 100x50", cluster="a", type="ADS", status="SUCCESS"),
+        series(finished, "0x60", cluster="a", type="ADS", status="FAILURE"),
+        series(finished, "0x60", cluster="b", status="SUCCESS", **products),
+        series(finished, "0x30 50x30", cluster="b", status="FAILURE", **products),
+    ]
+
+
+def test_the_success_ratio_is_per_type_and_feed_and_follows_the_cluster(
+    dashboard: dict[str, Any], tmp_path: Path
+) -> None:
+    (ratio,) = weeks_queries(dashboard, SUCCESS_RATIO, cluster="a")
+    (ads_only,) = weeks_queries(dashboard, SUCCESS_RATIO, cluster=".*", type="ADS")
+    (of_b,) = weeks_queries(dashboard, SUCCESS_RATIO, cluster="b")
+    products = {"type": "PRODUCTS", "feed_name": "nightly"}
+    promtool_evaluates(
+        finished_series(),
+        [
+            {
+                "expr": f"round(1000 * ({ratio}))",
+                "eval_time": "60m",
+                "exp_samples": [
+                    grouped(990, cluster="a", **products),
+                    grouped(1000, cluster="a", type="ADS"),
+                ],
+            },
+            {
+                "expr": f"round(1000 * ({ads_only}))",
+                "eval_time": "60m",
+                "exp_samples": [grouped(1000, cluster="a", type="ADS")],
+            },
+            {
+                "expr": f"round(1000 * ({of_b}))",
+                "eval_time": "60m",
+                "exp_samples": [grouped(0, cluster="b", **products)],
+            },
+        ],
+        tmp_path,
+    )
+
+
+def test_the_finished_per_day_panel_counts_each_final_status(
+    dashboard: dict[str, Any], tmp_path: Path
+) -> None:
+    (per_day,) = weeks_queries(dashboard, FINISHED_PER_DAY, cluster="a")
+    promtool_evaluates(
+        finished_series(),
+        [
+            {
+                "expr": per_day,
+                "eval_time": "60m",
+                "exp_samples": [
+                    {"labels": '{status="ABORTED"}', "value": 0},
+                    {"labels": '{status="FAILURE"}', "value": 2},
+                    {"labels": '{status="SUCCESS"}', "value": 298},
+                ],
+            }
+        ],
+        tmp_path,
+    )
+
+
+def test_the_error_budget_is_spent_by_the_share_of_imports_that_did_not_succeed(
+    dashboard: dict[str, Any], tmp_path: Path
+) -> None:
+    (budget,) = weeks_queries(dashboard, BUDGET, cluster=".*", objective=OBJECTIVE)
+    (ads,) = weeks_queries(dashboard, BUDGET, cluster="a", type="ADS", objective=OBJECTIVE)
+    (lenient,) = weeks_queries(dashboard, BUDGET, cluster="a", objective="0.95")
+    promtool_evaluates(
+        finished_series(),
+        [
+            {
+                # a: 2 of 300 failed, 2/3 of the 1% allowed; b: all 50 failed, 99 budgets over.
+                "expr": f"round(1000 * ({budget}))",
+                "eval_time": "60m",
+                "exp_samples": [
+                    {"labels": '{cluster="a"}', "value": 333},
+                    {"labels": '{cluster="b"}', "value": -99000},
+                ],
+            },
+            {
+                "expr": f"round(1000 * ({ads}))",
+                "eval_time": "60m",
+                "exp_samples": [{"labels": '{cluster="a"}', "value": 1000}],
+            },
+            {
+                # 2 of 300 is 2/15 of a 5% budget.
+                "expr": f"round(1000 * ({lenient}))",
+                "eval_time": "60m",
+                "exp_samples": [{"labels": '{cluster="a"}', "value": 867}],
+            },
+        ],
+        tmp_path,
+    )
+
+
+def test_the_last_success_table_shows_when_and_how_long_ago_per_type_and_feed(
+    dashboard: dict[str, Any], tmp_path: Path
+) -> None:
+    when, age = weeks_queries(dashboard, LAST_SUCCESS, cluster=".*")
+    last = "elevate_import_last_final_timestamp_seconds"
+    nightly = {"type": "PRODUCTS", "feed_name": "nightly"}
+    input_series = [
+        series(last, "600x60", status="SUCCESS", **nightly),
+        series(last, "3000x60", status="FAILURE", **nightly),  # a later failure: not listed
+        series(last, "120x60", type="ADS", status="SUCCESS"),
+        series(last, "900x60", type="ADS", feed_name="campaigns", status="SUCCESS"),
+    ]
+    promtool_evaluates(
+        input_series,
+        [
+            {
+                "expr": when,
+                "eval_time": "60m",
+                "exp_samples": [
+                    {"labels": '{type="PRODUCTS", feed_name="nightly"}', "value": 600_000},
+                    {"labels": '{type="ADS"}', "value": 120_000},
+                    {"labels": '{type="ADS", feed_name="campaigns"}', "value": 900_000},
+                ],
+            },
+            {
+                "expr": age,
+                "eval_time": "60m",
+                "exp_samples": [
+                    {"labels": '{type="PRODUCTS", feed_name="nightly"}', "value": 3000},
+                    {"labels": '{type="ADS"}', "value": 3480},
+                    {"labels": '{type="ADS", feed_name="campaigns"}', "value": 2700},
+                ],
+            },
+        ],
+        tmp_path,
+    )
+    panel = panel_titled(dashboard, LAST_SUCCESS)
+    assert _override(panel, "Last success", "unit") == "dateTimeAsIso"
+    assert _override(panel, "Age", "unit") == "dtdurations"
+
+
+def test_the_duration_panel_reads_successful_imports_and_the_queue_panel_every_import(
+    dashboard: dict[str, Any], tmp_path: Path
+) -> None:
+    p50, p95 = weeks_queries(dashboard, DURATIONS, cluster=".*")
+    q50, q95 = weeks_queries(dashboard, QUEUE_TIMES, cluster=".*")
+    duration, queue = (
+        "elevate_import_duration_seconds_bucket",
+        "elevate_import_queue_seconds_bucket",
+    )
+    ok = {"type": "PRODUCTS", "status": "SUCCESS"}
+    failed = {"type": "PRODUCTS", "status": "FAILURE"}
+    input_series = [
+        # Four successful imports of 10 to 30 s; four failed ones of 30 to 60 s, left out.
+        series(duration, "0x10 0x50", le="10", **ok),
+        series(duration, "0x10 4x50", le="30", **ok),
+        series(duration, "0x10 4x50", le="60", **ok),
+        series(duration, "0x10 4x50", le="+Inf", **ok),
+        series(duration, "0x10 0x50", le="10", **failed),
+        series(duration, "0x10 0x50", le="30", **failed),
+        series(duration, "0x10 4x50", le="60", **failed),
+        series(duration, "0x10 4x50", le="+Inf", **failed),
+        # Queue time has no status: all eight waited 1 to 5 s.
+        series(queue, "0x10 0x50", le="1", type="PRODUCTS"),
+        series(queue, "0x10 8x50", le="5", type="PRODUCTS"),
+        series(queue, "0x10 8x50", le="+Inf", type="PRODUCTS"),
+    ]
+    products = [{"labels": '{type="PRODUCTS"}', "value": None}]
+    cases = [
+        (p50, 20.0),  # the 2nd of 4 in (10, 30]: half way
+        (p95, 29.0),  # the 3.8th of 4
+        (q50, 3.0),  # the 4th of 8 in (1, 5]
+        (q95, 4.8),  # the 7.6th of 8
+    ]
+    promtool_evaluates(
+        input_series,
+        [
+            {
+                "expr": f"round(1000 * ({expr}))",
+                "eval_time": "60m",
+                "exp_samples": [{**products[0], "value": round(1000 * value)}],
+            }
+            for expr, value in cases
+        ],
+        tmp_path,
+    )
+
+
+def shipped_alert(name: str) -> dict[str, Any]:
+    groups = yaml.safe_load(ALERTS_PATH.read_text(encoding="utf-8"))["groups"]
+    (rule,) = [r for g in groups for r in g["rules"] if r.get("alert") == name]
+    found: dict[str, Any] = rule
+    return found
+
+
+def test_the_budget_uses_the_objective_of_the_shipped_burn_rate_alerts(
+    dashboard: dict[str, Any],
+) -> None:
+    expr = shipped_alert("ElevateImportErrorBudgetFastBurn")["expr"]
+    objectives = set(re.findall(r"\(1 - ([0-9.]+)\)", expr))
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert objectives == {variables["objective"]["query"]}
+
+
+def test_the_age_of_the_last_success_turns_red_when_the_feed_quiet_alert_fires(
+    dashboard: dict[str, Any],
+) -> None:
+    expr = shipped_alert("ElevateImportFeedQuiet")["expr"]
+    found = re.search(r"\)\s*>\s*(\d+)\s*$", expr)
+    assert found, expr
+    steps = _override(panel_titled(dashboard, LAST_SUCCESS), "Age", "thresholds")["steps"]
+    assert steps[-1] == {"color": "red", "value": float(found.group(1))}
+
+
 # -- the stats follow every variable --------------------------------------------------------
 
 TRACKED_STAT = "Tracked imports"
 
 
-def test_every_stat_follows_the_type_and_id_variables(dashboard: dict[str, Any]) -> None:
-    stats = [p for p in panels(dashboard) if p["type"] == "stat"]
+def test_every_stat_of_imports_now_follows_the_type_and_id_variables(
+    dashboard: dict[str, Any],
+) -> None:
+    # The stats over weeks read aggregates, which have no id: they follow the type only.
+    weeks = {p["title"] for p in row_panels(dashboard, WEEKS_ROW)}
+    stats = [p for p in panels(dashboard) if p["type"] == "stat" and p["title"] not in weeks]
     assert {"Imports by status now", TRACKED_STAT} <= {p["title"] for p in stats}
     for panel in stats:
         for target in panel["targets"]:
@@ -807,9 +1120,17 @@ def test_a_broken_query_is_caught_by_the_parse_check(tmp_path: Path) -> None:
         promtool_parses({"broken": "sum by (id (elevate_import_up)"}, tmp_path)
 
 
-def test_every_selector_carries_the_job_and_instance_matchers(dashboard: dict[str, Any]) -> None:
+def test_every_selector_carries_the_cluster_job_and_instance_matchers(
+    dashboard: dict[str, Any],
+) -> None:
     for query in panel_queries(dashboard) + annotation_queries(dashboard):
         for selector in read_promql(query.expr).selectors:
+            assert selector.matchers.get("cluster") == ("=~", "$cluster"), query.where
+            if selector.metric.startswith("elevate_import_proxy_"):
+                # The standalone proxy is scraped under a job of its own, which the job and
+                # instance variables (read from elevate_import_up) do not offer.
+                assert not {"job", "instance"} & set(selector.matchers), query.where
+                continue
             assert selector.matchers.get("job") == ("=~", "$job"), query.where
             instance = selector.matchers.get("instance")
             assert instance is not None, query.where
@@ -818,7 +1139,10 @@ def test_every_selector_carries_the_job_and_instance_matchers(dashboard: dict[st
 
 
 def test_rates_use_the_rate_interval(dashboard: dict[str, Any]) -> None:
+    weeks = panel_queries({"panels": row_panels(dashboard, WEEKS_ROW)})
     for query in panel_queries(dashboard) + annotation_queries(dashboard):
+        if query in weeks:
+            continue
         reading = read_promql(query.expr)
         for selector in reading.selectors:
             if selector.function in {"rate", "increase", "irate"}:
@@ -828,6 +1152,84 @@ def test_rates_use_the_rate_interval(dashboard: dict[str, Any]) -> None:
                 assert selector.function.endswith("_over_time"), query.where
                 assert selector.range in OVER_TIME_RANGES, query.where
         assert set(reading.ranges) <= RATE_RANGES | OVER_TIME_RANGES, query.where
+
+
+def test_the_panels_over_weeks_count_per_day_over_the_last_30_days(
+    dashboard: dict[str, Any],
+) -> None:
+    weeks = row_panels(dashboard, WEEKS_ROW)
+    assert {p["title"] for p in weeks} == {
+        SUCCESS_RATIO,
+        FINISHED_PER_DAY,
+        DURATIONS,
+        QUEUE_TIMES,
+        BUDGET,
+        LAST_SUCCESS,
+    }
+    for panel in weeks:
+        # Whatever the dashboard's range (6 hours by default), these look 30 days back, one
+        # step a day: $__interval is the step, at least the panel's minimum interval.
+        if panel["type"] != "table":
+            assert (panel["timeFrom"], panel["interval"]) == ("30d", "1d"), panel["title"]
+        for target in panel["targets"]:
+            reading = read_promql(target["expr"])
+            assert set(reading.ranges) <= WEEKS_RANGES, panel["title"]
+            for selector in reading.selectors:
+                assert selector.range is None or selector.function == "increase", panel["title"]
+                # The aggregates outlive the per-id series; the type variable narrows them.
+                assert "id" not in CONTRACT_LABELS[selector.metric], panel["title"]
+                assert selector.matchers.get("type") == ("=~", "$type"), panel["title"]
+    # A point a day: the range queries take increase() over $__interval, the budget over
+    # the panel's whole range (instant).
+    budget = panel_titled(dashboard, BUDGET)
+    assert [t["instant"] for t in budget["targets"]] == [True]
+    assert read_promql(budget["targets"][0]["expr"]).ranges == ("$__range", "$__range")
+    for title in (SUCCESS_RATIO, FINISHED_PER_DAY, DURATIONS, QUEUE_TIMES):
+        for target in panel_titled(dashboard, title)["targets"]:
+            assert set(read_promql(target["expr"]).ranges) == {"$__interval"}, title
+
+
+def test_the_duration_and_queue_panels_are_p50_and_p95_of_the_histograms_by_type(
+    dashboard: dict[str, Any],
+) -> None:
+    for title, metric in (
+        (DURATIONS, "elevate_import_duration_seconds_bucket"),
+        (QUEUE_TIMES, "elevate_import_queue_seconds_bucket"),
+    ):
+        panel = panel_titled(dashboard, title)
+        assert panel["fieldConfig"]["defaults"]["unit"] == "s"
+        quantiles = []
+        for target in panel["targets"]:
+            match = re.match(r"histogram_quantile\((0\.\d+), sum by \(([\w, ]+)\) ", target["expr"])
+            assert match, target["expr"]
+            quantiles.append(match.group(1))
+            assert {"type", "le"} <= set(match.group(2).split(", "))
+            (selector,) = read_promql(target["expr"]).selectors
+            assert selector.metric == metric
+        assert quantiles == ["0.5", "0.95"]
+
+
+def test_the_proxy_panels_are_in_a_collapsed_row_of_uploads_bytes_and_errors(
+    dashboard: dict[str, Any],
+) -> None:
+    (row,) = [p for p in dashboard["panels"] if p["title"] == PROXY_ROW]
+    assert row["type"] == "row"
+    assert row["collapsed"] is True
+    metrics = {
+        selector.metric
+        for query in panel_queries({"panels": row["panels"]})
+        for selector in read_promql(query.expr).selectors
+    }
+    assert {
+        "elevate_import_proxy_imports_total",
+        "elevate_import_proxy_bytes_total",
+        "elevate_import_proxy_upstream_errors_total",
+        "elevate_import_proxy_registration_failures_total",
+    } <= metrics
+    assert all(metric.startswith("elevate_import_proxy_") for metric in metrics)
+    # Nothing of the proxy outside its row.
+    outside = [p for p in dashboard["panels"] if p is not row]
+    assert "elevate_import_proxy_" not in json.dumps(outside)
 
 
 def test_counters_appear_only_inside_rate_or_increase(dashboard: dict[str, Any]) -> None:

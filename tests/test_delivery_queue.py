@@ -430,3 +430,54 @@ def test_the_metrics_name_every_family_of_the_brief_with_both_drop_reasons(
     name = "elevate_import_proxy_last_delivery_timestamp_seconds"
     stamp = [row for row in text.splitlines() if row.startswith(name)]
     assert 0 < float(stamp[0].split()[1]) <= time.time()
+
+
+def test_an_exporter_older_than_accepted_at_gets_the_ids_without_it_and_loses_none(
+    client_for: ClientFor,
+    deliveries: list[Delivery],
+    httpserver: HTTPServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What an exporter before 0.6.0 answers to a key it does not know.
+    old = b'{"error": "unknown key \'accepted_at\': give id, type, labels", "field": "[0]"}'
+    bodies: list[list[dict[str, object]]] = []
+    receiver = Receiver(answers=[(400, old), (201, None)])
+
+    def handler(request: Request) -> Response:
+        document = json.loads(request.get_data())
+        bodies.append(document if isinstance(document, list) else [document])
+        return receiver(request)
+
+    httpserver.expect_request(IMPORTS, method="POST").respond_with_handler(handler)
+    delivery = Delivery(
+        http_sender(client_for(base_of(httpserver))), backoff_first=0.01, backoff_max=0.05
+    )
+    deliveries.append(delivery)
+    delivery.register(ids("o1", "o2"), "proxy")
+    delivery.start()
+    wait_until(lambda: delivery.snapshot().delivered == 2, what="both delivered")
+    delivery.register(ids("o3"), "proxy")
+    wait_until(lambda: delivery.snapshot().delivered == 3, what="the next delivered")
+    assert receiver.posted == ["o1", "o2", "o3"]
+    assert delivery.snapshot().dropped == {"queue_full": 0, "refused": 0}
+    # Tried once with it, then never again: one refusal, not one per batch.
+    assert ["accepted_at" in item for item in bodies[0]] == [True, True]
+    assert all("accepted_at" not in item for body in bodies[1:] for item in body)
+    assert len(bodies) == 3
+    warned = [r for r in caplog.records if "does not take accepted_at" in r.getMessage()]
+    assert len(warned) == 1
+
+
+def test_a_400_about_another_field_still_drops_the_batch(
+    client_for: ClientFor, deliveries: list[Delivery], httpserver: HTTPServer
+) -> None:
+    receiver = Receiver(answers=[(400, b'{"error": "bad id", "field": "[0].id"}'), (201, None)])
+    receiver.serve(httpserver)
+    delivery = Delivery(
+        http_sender(client_for(base_of(httpserver))), backoff_first=0.01, backoff_max=0.05
+    )
+    deliveries.append(delivery)
+    delivery.register(ids("x1"), "proxy")
+    delivery.start()
+    wait_until(lambda: delivery.snapshot().dropped["refused"] == 1, what="the batch refused")
+    assert receiver.posted == []

@@ -871,9 +871,17 @@ def test_the_service_monitor_scrapes_the_http_port_as_the_job_the_down_alert_wat
 def test_the_prometheus_rule_carries_exactly_the_rules_of_alerts_yml() -> None:
     rule = one(rendered("everything"), "PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text("utf-8"))["groups"]
-    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    alerts = [r for r in rules if "alert" in r]
+    urls = [r["annotations"]["runbook_url"] for r in alerts]
     assert urls
     assert all(u.startswith(f"{DEFAULT_BASE_URL}/docs/runbook.md#") for u in urls)
+    # The success SLO and the quiet feed alert come along with the hand-written alerts.
+    records = {r["record"] for r in rules if "record" in r}
+    assert "elevate_import:error_ratio:rate3d" in records
+    assert {"ElevateImportErrorBudgetFastBurn", "ElevateImportFeedQuiet"} <= {
+        r["alert"] for r in alerts
+    }
 
 
 def test_the_dashboard_config_map_carries_the_dashboard_for_grafanas_sidecar() -> None:
@@ -966,8 +974,9 @@ def test_a_runbook_base_url_changes_every_runbook_url_and_dashboard_link_and_not
     changed = {path for path in before if before[path] != after[path]}
     assert changed == links
     runbook_urls = [p for p in links if p[-1] == "runbook_url"]
-    alerts = len(yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"][0]["rules"])
-    assert alerts == 9
+    groups = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
+    alerts = sum("alert" in rule for group in groups for rule in group["rules"])
+    assert alerts == 12
     assert len(runbook_urls) == 2 * alerts  # every alert, in alerts.yml and in the PrometheusRule
     assert len(links) - len(runbook_urls) == 2 * 2  # the dashboard's links, file and ConfigMap
     for path in links:

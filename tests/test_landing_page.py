@@ -1,16 +1,18 @@
 """The landing page: status colours, poll ages, the exporter's own state, escaping, history.
 
-The live table is read over HTTP from a running exporter; the history section is rendered
-directly from constructed records (the route that reads them from the store is tested with
-the web server). The page in a real browser, following the demo by itself, is in
+The live table is read over HTTP from a running exporter; the history section and the
+summary of the last days are rendered directly from constructed records and summaries, and
+read over HTTP once each from a running exporter's store (the summary itself:
+test_week_summary.py). The page in a real browser, following the demo by itself, is in
 test_demo_browser.py.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -22,6 +24,7 @@ import pytest
 from elevate_import_exporter.core.model import ImportInfo
 from elevate_import_exporter.core.records import ImportRecord
 from elevate_import_exporter.core.state import ImportState, Snapshot
+from elevate_import_exporter.lifecycle.summary import TypeSummary, WeekSummary
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from elevate_import_exporter.site.landing import HISTORY_PAGE_SIZE, ago, landing_page, took
 from tests.conftest import ExporterFor
@@ -355,8 +358,23 @@ def render(
     page: int = 1,
     pages: int = 1,
     snapshot: Snapshot = NOTHING_LIVE,
+    *,
+    records: Mapping[str, ImportRecord] | None = None,
+    metric_labels: Sequence[str] = (),
+    summary: WeekSummary | None = None,
 ) -> Page:
-    return Page(landing_page(snapshot, "/metrics", history, page, pages, now=NOW).decode("utf-8"))
+    body = landing_page(
+        snapshot,
+        "/metrics",
+        history,
+        page,
+        pages,
+        now=NOW,
+        records=records or {},
+        metric_labels=metric_labels,
+        summary=summary,
+    )
+    return Page(body.decode("utf-8"))
 
 
 def test_the_history_lists_finished_imports_in_the_order_given_with_all_their_columns() -> None:
@@ -520,3 +538,177 @@ def test_a_finished_import_still_exported_is_in_both_tables_each_with_its_own_co
     assert page.table()["3001"].cells["last polled"] == "final, not asked again"
     (row,) = page.history()
     assert (row.cells["final status"], row.cells["duration"]) == ("FAILURE", "5m 0s")
+
+
+# -- the tracked imports' source and allowlisted labels ---------------------------------------
+
+
+def live(import_id: str, status: str = "IN_PROGRESS") -> ImportState:
+    return ImportState(import_id, NOW - 60, ImportInfo(import_id, status, "PRODUCTS", ""), NOW - 60)
+
+
+def registered(import_id: str, source: str = "api", **labels: str) -> ImportRecord:
+    return ImportRecord(import_id, source=source, first_seen=NOW - 60, labels=tuple(labels.items()))
+
+
+def test_the_tracked_table_shows_the_source_and_a_column_per_allowlisted_label() -> None:
+    snapshot = Snapshot({i: live(i) for i in ("1001", "4001", "5001")}, None)
+    records = {
+        "1001": registered("1001", "flag"),
+        "4001": registered("4001", "proxy", feed_name="nightly", path="/api/v2/import/products"),
+        # 5001: no record kept yet (a round has not written it): no source, no labels.
+    }
+    page = render([], snapshot=snapshot, records=records, metric_labels=("feed_name", "team"))
+    header = [text for text, _ in page.tables["tracked"][0]]
+    assert header[-3:] == ["Source", "feed_name", "team"]
+    rows = page.table()
+    assert {k: rows["4001"].cells[k] for k in ("source", "feed_name", "team")} == {
+        "source": "proxy",
+        "feed_name": "nightly",
+        "team": "",
+    }
+    assert (rows["1001"].cells["source"], rows["1001"].cells["feed_name"]) == ("flag", "")
+    assert (rows["5001"].cells["source"], rows["5001"].cells["team"]) == ("", "")
+    # Labels that are not allowlisted stay on the history and the API, not here.
+    assert "/api/v2/import/products" not in page.text
+
+
+def test_without_an_allowlist_the_tracked_table_has_the_source_and_no_label_columns() -> None:
+    snapshot = Snapshot({"4001": live("4001")}, None)
+    records = {"4001": registered("4001", "api", feed_name="nightly")}
+    page = render([], snapshot=snapshot, records=records)
+    header = [text for text, _ in page.tables["tracked"][0]]
+    assert header == [
+        "Id",
+        "Type",
+        "Status",
+        "Since",
+        "Last polled",
+        "Message",
+        "Last poll ok",
+        "Source",
+    ]
+    assert page.table()["4001"].cells["source"] == "api"
+    # The note of an empty table spans every column, labels included.
+    empty = render([], metric_labels=("feed_name", "team"))
+    assert '<td colspan="10">No import ids are tracked.</td>' in empty.text
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_label_values_and_names_in_the_tracked_table_are_shown_as_text(text: str) -> None:
+    snapshot = Snapshot({"4001": live("4001")}, None)
+    records = {"4001": registered("4001", "api", feed_name=text)}
+    # Names are checked at start-up (a-z 0-9 _); the page escapes them all the same.
+    page = render([], snapshot=snapshot, records=records, metric_labels=("feed_name", text))
+    assert set(page.tags) <= PAGE_TAGS, set(page.tags) - PAGE_TAGS
+    assert page.tags.count("table") == 2
+    shown = text
+    for odd in ("\ud800", "\x00", "\x07", "\u202e"):
+        shown = shown.replace(odd, "\ufffd")
+    header = [name for name, _ in page.tables["tracked"][0]]
+    assert header[-2:] == ["feed_name", shown.strip()]
+    (row,) = page.table().values()
+    assert row.cells["feed_name"] == shown.strip()
+
+
+def test_a_running_exporter_shows_each_imports_source_and_allowlisted_labels(
+    simulator: Simulator, exporter_for: ExporterFor
+) -> None:
+    simulator.add_import(ScriptedImport("1001", (Step("IN_PROGRESS"),)))
+    simulator.add_import(ScriptedImport("4001", (Step("WAITING"),), type="ADS"))
+    running = exporter_for(
+        simulator.url, ["1001"], enable_registration=True, imports_metric_labels="feed_name,team"
+    )
+    hostile = "<script>alert('owned')</script>"
+    document = {"id": "4001", "labels": {"feed_name": hostile, "team": "web", "run": "8812"}}
+    request = urllib.request.Request(
+        running.url + "/api/v1/imports",
+        data=json.dumps(document).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 201
+    poll_once(running.url)
+    shown = page(running.url)
+    assert set(shown.tags) <= PAGE_TAGS
+    rows = shown.table()
+    assert {k: rows["4001"].cells[k] for k in ("status", "source", "feed_name", "team")} == {
+        "status": "WAITING",
+        "source": "api",
+        "feed_name": hostile,
+        "team": "web",
+    }
+    assert (rows["1001"].cells["source"], rows["1001"].cells["feed_name"]) == ("flag", "")
+    assert "8812" not in shown.text
+
+
+# -- the last days per type ---------------------------------------------------------------------
+
+
+def summary_of(*types: TypeSummary, capped: bool = False, total: int = 0) -> WeekSummary:
+    read = sum(t.finished for t in types)
+    return WeekSummary(NOW - 7 * 86400, NOW, types, read, total or read, capped)
+
+
+def test_the_summary_shows_finished_failed_and_the_median_duration_per_type() -> None:
+    summary = summary_of(
+        TypeSummary("", finished=2, failed=0, median=45),
+        TypeSummary("ADS", finished=12, failed=0, median=None),
+        TypeSummary("PRODUCTS", finished=30, failed=4, median=192),
+    )
+    page = render([], summary=summary)
+    rows = [row.cells for row in page.rows_of("week")]
+    assert rows == [
+        {"type": "(none)", "finished": "2", "failed": "0", "median duration": "45s"},
+        {"type": "ADS", "finished": "12", "failed": "0", "median duration": ""},
+        {"type": "PRODUCTS", "finished": "30", "failed": "4", "median duration": "3m 12s"},
+    ]
+    assert f"since {when(NOW - 7 * 86400)}" in page.text
+    assert page.text.count('class="failed"') == 1
+    assert '<p class="capped">' not in page.text
+
+
+def test_a_capped_summary_says_how_many_rows_it_counted_of_how_many() -> None:
+    summary = summary_of(
+        TypeSummary("PRODUCTS", finished=20_000, failed=3, median=60), capped=True, total=31_500
+    )
+    page = render([], summary=summary)
+    (note,) = re.findall(r'<p class="capped">(.*?)</p>', page.text, re.DOTALL)
+    assert "the newest 20,000 of the 31,500 imports" in note
+    assert [row.cells["finished"] for row in page.rows_of("week")] == ["20000"]
+
+
+def test_an_empty_or_unreadable_summary_says_so() -> None:
+    empty = render([], summary=summary_of())
+    assert empty.notes("week") == ["No import finished in this period."]
+    unreadable = render([])
+    assert "week" not in unreadable.tables
+    assert "Not available: the store could not be read" in unreadable.text
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_a_hostile_type_in_the_summary_is_shown_as_text(text: str) -> None:
+    page = render([], summary=summary_of(TypeSummary(text, finished=1, failed=1, median=1)))
+    assert set(page.tags) <= PAGE_TAGS, set(page.tags) - PAGE_TAGS
+    (row,) = page.rows_of("week")
+    shown = text
+    for odd in ("\ud800", "\x00", "\x07", "\u202e"):
+        shown = shown.replace(odd, "\ufffd")
+    assert row.cells["type"] == shown.strip()
+
+
+def test_a_running_exporter_summarises_the_imports_its_store_saw_finish(
+    simulator: Simulator, exporter_for: ExporterFor
+) -> None:
+    simulator.add_import(ScriptedImport("1001", (Step("SUCCESS"),)))
+    simulator.add_import(ScriptedImport("1002", (Step("FAILURE"),)))
+    simulator.add_import(ScriptedImport("1003", (Step("ABORTED"),), type="ADS"))
+    simulator.add_import(ScriptedImport("1004", (Step("IN_PROGRESS"),), type="ADS"))
+    # The first round, before the exporter returns, sees every final status.
+    running = exporter_for(simulator.url, ["1001", "1002", "1003", "1004"])
+    rows = {row.cells["type"]: row.cells for row in page(running.url).rows_of("week")}
+    assert {kind: (r["finished"], r["failed"]) for kind, r in rows.items()} == {
+        "ADS": ("1", "1"),
+        "PRODUCTS": ("2", "1"),
+    }

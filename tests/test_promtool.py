@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import urllib.request
 
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import ExporterFor
-from tests.support import Scrape, need_tool
+from tests.support import Scrape, assert_promtool_approves, need_tool
 
 EVERY_STATUS = {
     "1001": Step("SUCCESS"),
@@ -48,13 +47,4 @@ def test_promtool_check_metrics_reports_nothing_on_a_real_scrape(
     assert scraped.value("elevate_import_api_errors_total", reason="server_error") == 2
     assert scraped.value("elevate_import_api_errors_total", reason="invalid_response") == 2
 
-    checked = subprocess.run(
-        [promtool, "check", "metrics"],
-        input=text.encode("utf-8"),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    report = (checked.stdout + checked.stderr).decode("utf-8", "replace")
-    assert checked.returncode == 0, report
-    assert report.strip() == "", report
+    assert_promtool_approves(promtool, text)

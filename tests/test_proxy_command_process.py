@@ -21,7 +21,14 @@ import pytest
 from elevate_import_exporter.settings.options import PROXY_OPTIONS, REGISTRATION_PASSWORD_ENV
 from elevate_import_exporter.simulator import Simulator
 from tests.conftest import REPO, SIM_KEY, ExporterProcess, ExporterProcessFor, exporter_env
-from tests.support import Scrape, free_port, need_tool, stop_process, wait_until
+from tests.support import (
+    Scrape,
+    assert_promtool_approves,
+    free_port,
+    need_tool,
+    stop_process,
+    wait_until,
+)
 from tests.test_proxy import FEED, send
 
 MIB = 1024 * 1024
@@ -273,13 +280,4 @@ def test_promtool_check_metrics_reports_nothing_on_the_proxys_metrics(
         scrape.value("elevate_import_proxy_registrations_dropped_total", reason="queue_full") == 0
     )
     assert scrape.value("process_open_fds") is not None
-    checked = subprocess.run(
-        [promtool, "check", "metrics"],
-        input=text.encode("utf-8"),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    report = (checked.stdout + checked.stderr).decode("utf-8", "replace")
-    assert checked.returncode == 0, report
-    assert report.strip() == "", report
+    assert_promtool_approves(promtool, text)

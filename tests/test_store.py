@@ -117,7 +117,7 @@ def test_a_new_store_creates_its_folders_private_and_its_file_0600_in_wal_mode(
         opened.close()
     header = db.read_bytes()[:100]  # merged from the WAL into the file on close
     assert header[18:20] == b"\x02\x02"  # WAL for readers and writers
-    assert int.from_bytes(header[60:64], "big") == SCHEMA_VERSION == 1
+    assert int.from_bytes(header[60:64], "big") == SCHEMA_VERSION == 2
 
 
 def test_every_field_of_a_record_survives_closing_and_reopening(db: Path) -> None:
@@ -654,7 +654,7 @@ def someone_elses(db: Path) -> None:
         (header_only, r"not an SQLite database \(or corrupt\): SQLITE_NOTADB: .+"),
         (truncated, r"not an SQLite database \(or corrupt\): SQLITE_CORRUPT: .+"),
         (page_overwritten, r"not an SQLite database \(or corrupt\): .+"),
-        (newer_schema, r"schema version 7 is newer than this exporter's \(1\)"),
+        (newer_schema, rf"schema version 7 is newer than this exporter's \({SCHEMA_VERSION}\)"),
         (someone_elses, r"an SQLite database of something else \(tables, no schema version\)"),
     ],
 )
@@ -738,7 +738,9 @@ def add_note(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE imports SET note = 'migrated'")
 
 
-def test_a_version_1_database_is_migrated_to_version_2_and_keeps_its_rows(db: Path) -> None:
+def test_a_database_of_this_version_is_migrated_to_the_next_and_keeps_its_rows(
+    db: Path,
+) -> None:
     filled(db, 50)
     with contextlib.closing(Store.open(db)) as old:
         rows = old.load()
@@ -746,11 +748,12 @@ def test_a_version_1_database_is_migrated_to_version_2_and_keeps_its_rows(db: Pa
         assert migrated.load() == rows
         assert migrated.register([record(999)]) == [True]
     with shell(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
         notes = conn.execute("SELECT note, count(*) FROM imports GROUP BY note").fetchall()
     assert notes == [("", 1), ("migrated", 50)]
-    # An exporter of version 1 must not use the migrated file.
-    assert refusal(db) == "schema version 2 is newer than this exporter's (1)"
+    # An exporter of the older version must not use the migrated file.
+    newer = SCHEMA_VERSION + 1
+    assert refusal(db) == f"schema version {newer} is newer than this exporter's ({SCHEMA_VERSION})"
 
 
 def half_then_python_error(conn: sqlite3.Connection) -> None:
@@ -777,12 +780,13 @@ def test_a_failing_migration_leaves_the_database_as_it_was(
     before = fingerprint(db)
     with pytest.raises(StoreError) as caught:
         Store.open(db, migrations=(*MIGRATIONS, step))
-    assert str(caught.value).startswith(f"{db}: migration to schema version 2 failed (")
+    failed = f"migration to schema version {SCHEMA_VERSION + 1} failed ("
+    assert str(caught.value).startswith(f"{db}: {failed}")
     assert why in str(caught.value)
     assert fingerprint(db) == before
     with contextlib.closing(Store.open(db)) as unchanged:
         assert len(unchanged.load()) == 50
     with shell(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         columns = [row[1] for row in conn.execute("PRAGMA table_info(imports)")]
     assert "note" not in columns

@@ -11,7 +11,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
@@ -19,6 +20,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from elevate_import_exporter.core.model import id_rule
+from elevate_import_exporter.core.outcomes import Outcomes
+from elevate_import_exporter.core.records import Registration
 from elevate_import_exporter.elevate.api import status_api
 from elevate_import_exporter.httpd.tls import TlsProvider
 from elevate_import_exporter.httpd.webconfig import WebConfigWatcher
@@ -72,6 +75,13 @@ class Application:
             probe_id=PROBE_ID,
             restored=live_states(records),
         )
+        # The aggregates that outlive retention, fed by the catalog, read by the collector.
+        self.outcomes = Outcomes(
+            settings.imports_metric_labels,
+            settings.imports_metric_labels_max_values,
+            settings.imports_duration_buckets,
+            settings.imports_queue_buckets,
+        )
         self.catalog = Catalog(
             self.store,
             records,
@@ -82,11 +92,14 @@ class Application:
             sources=registered,
             ids=self.ids,
             live=self.poller,
+            outcomes=self.outcomes,
         )
         # What the poll rounds' state makes, rendered once a round and shared by its scrapes;
         # and what moves between rounds (process, proxy), rendered for every scrape.
         self.registry = CollectorRegistry()
-        self.registry.register(ImportCollector(self.poller, self.stats, self.ids, self.catalog))
+        self.registry.register(
+            ImportCollector(self.poller, self.stats, self.ids, self.catalog, self.outcomes)
+        )
         self.fresh_registry: CollectorRegistry | None = CollectorRegistry()
         ProcessCollector(registry=self.fresh_registry)
         PlatformCollector(registry=self.fresh_registry)
@@ -106,7 +119,7 @@ class Application:
                 tls=tls,
             )
             try:
-                self.proxy = _proxy(settings, self.catalog, self.web_config, tls)
+                self.proxy = _proxy(settings, self.catalog, self.web_config, tls, clock)
             except Exception:
                 self._server.close()
                 raise
@@ -265,14 +278,27 @@ def _proxy(
     catalog: Catalog,
     web_config: WebConfigWatcher | None,
     tls: TlsProvider | None,
+    clock: Callable[[], float] = time.time,
 ) -> ImportProxy | None:
     """The import proxy, served with the exporter's web configuration; None if not asked for."""
     if not settings.proxy_addresses:
         return None
+
+    def register(registrations: Sequence[Registration], source: str) -> list[bool]:
+        # The proxy registers as its 202 comes: then is when Elevate accepted the import.
+        now = clock()
+        return catalog.register(
+            [
+                r if r.accepted_at is not None else replace(r, accepted_at=now)
+                for r in registrations
+            ],
+            source,
+        )
+
     return ImportProxy(
         settings.proxy_addresses,
         settings.base_url,
-        register=catalog.register,
+        register=register,
         timeout=settings.proxy_timeout,
         label_header=settings.proxy_label_header,
         api=settings.api,

@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from elevate_import_exporter.lifecycle.track import (
     Link,
     OneContext,
     TrackError,
+    accepted_at_of,
     registrations,
     session,
     track,
@@ -162,6 +164,14 @@ The password comes from --exporter.password-file or the variable
     type=click.IntRange(0, MAX_RETRIES),
     help="More attempts after a connection problem, timeout or 5xx (1s, 2s, 4s ... apart).",
 )
+@click.option(
+    "--accepted-at",
+    "accepted_at",
+    default=None,
+    metavar="SECONDS",
+    help="When Elevate accepted the imports (its 202), in Unix seconds, or 'now' (track run "
+    "right after the upload): durations and queue time are measured from it.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.pass_context
 def track_command(
@@ -179,6 +189,7 @@ def track_command(
     allow_insecure: bool,
     timeout: str,
     retries: int,
+    accepted_at: str | None,
     quiet: bool,
 ) -> None:
     """Register import ids with a running exporter (POST /api/v1/imports).
@@ -189,7 +200,8 @@ def track_command(
     try:
         if not url:
             raise usage("--exporter (or ELEVATE_EXPORTER_URL) is required")
-        items = registrations(ids, import_type, [_label(label) for label in labels])
+        accepted = None if accepted_at is None else accepted_at_of(accepted_at, time.time())
+        items = registrations(ids, import_type, [_label(label) for label in labels], accepted)
         endpoint = link_endpoint(url, TRACK_FLAGS)
         credentials = link_credentials(username, password_file, TRACK_FLAGS)
         tls = link_tls(ca_file, cert_file, key_file, TRACK_FLAGS)

@@ -50,7 +50,15 @@ _MAX_TEXT_CHARS = 4096
 # safe_text rewrites today (bidi controls) is rewritten as a row is read, as it would be
 # when it came in now.
 _BROKEN = re.compile(r"[\ud800-\udfff\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_TIMES = ("first_seen", "status_since", "last_answer", "final_at", "retired_at")
+_TIMES = (
+    "first_seen",
+    "status_since",
+    "last_answer",
+    "final_at",
+    "retired_at",
+    "started_at",
+    "left_queue_at",
+)
 
 
 class CatalogError(Exception):
@@ -60,11 +68,13 @@ class CatalogError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """One import a client hands over: its id, and optionally its type and labels."""
+    """One import a client hands over: its id, and optionally its type, labels and when
+    Elevate accepted it (``accepted_at``, Unix seconds: the 202's time, if the client knows)."""
 
     id: str
     type: str = ""
     labels: Labels = ()
+    accepted_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,9 @@ class ImportRecord:
     ``type`` is the type given at registration until Elevate answers, then the answer's.
     ``status``/``message`` are those of the last answer (None: never answered).
     ``final_at``: when it reached a final status. ``retired_at``: when it left the metrics.
+    ``started_at``: when Elevate accepted it (the proxy's 202, a registration's
+    ``accepted_at``), if known. ``left_queue_at``: the first poll that saw it neither
+    WAITING, BLOCKED nor NOT_FOUND.
     """
 
     id: str
@@ -103,6 +116,8 @@ class ImportRecord:
     last_answer: float | None = None
     final_at: float | None = None
     retired_at: float | None = None
+    started_at: float | None = None
+    left_queue_at: float | None = None
 
     @property
     def final(self) -> bool:
@@ -113,9 +128,15 @@ class ImportRecord:
         return self.retired_at is not None
 
     @property
+    def start(self) -> float:
+        """When the import began, as well as the exporter knows: started_at, else first seen."""
+        return self.first_seen if self.started_at is None else self.started_at
+
+    @property
     def duration(self) -> float | None:
-        """Seconds from first seen to final; None while not final."""
-        return None if self.final_at is None else max(0.0, self.final_at - self.first_seen)
+        """Seconds from the start (started_at when known, else first seen) to final; None
+        while not final."""
+        return None if self.final_at is None else max(0.0, self.final_at - self.start)
 
 
 # -- the rules a kept value follows, wherever it comes from -------------------------------

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from elevate_import_exporter.core.model import ImportInfo
+from elevate_import_exporter.core.outcomes import left_queue_at
 from elevate_import_exporter.core.records import ImportRecord
 
 
@@ -66,9 +67,11 @@ def state_of(record: ImportRecord) -> ImportState:
 
 
 def record_of(state: ImportState, source: str, known: ImportRecord | None) -> ImportRecord:
-    """The record to keep of a live state; type and labels as registered until answered."""
+    """The record to keep of a live state; type and labels as registered until answered,
+    start as registered, and the first poll that saw it past the queue."""
     info = state.info
     final_at = state.status_since if info is not None and info.final else None
+    status = info.status if info is not None else None
     return ImportRecord(
         state.id,
         source=source,
@@ -80,6 +83,8 @@ def record_of(state: ImportState, source: str, known: ImportRecord | None) -> Im
         status_since=state.status_since,
         last_answer=state.last_polled,
         final_at=final_at,
+        started_at=known.started_at if known else None,
+        left_queue_at=left_queue_at(known, status, state.status_since),
     )
 
 

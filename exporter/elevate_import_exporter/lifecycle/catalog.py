@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, Protocol
 
 from elevate_import_exporter.core.model import FINAL_STATUSES
+from elevate_import_exporter.core.outcomes import Finish, Outcomes, changes
 from elevate_import_exporter.core.records import (
     REGISTERED_SOURCES,
     IdRule,
@@ -93,8 +94,12 @@ class Catalog:
         sources: Mapping[str, MemoryIds] | None = None,
         ids: TrackedIds | None = None,
         live: LiveImports | None = None,
+        outcomes: Outcomes | None = None,
     ) -> None:
         self._store = store
+        # The aggregates; their kept last-final times are read once, here.
+        self.outcomes = outcomes or Outcomes()
+        self.outcomes.restore(store.last_finals())
         self._retention = retention
         self._history = history
         self._max_registered = max_registered
@@ -107,6 +112,7 @@ class Catalog:
                 self._retired.add(record.id)
             else:
                 self._live[record.id] = record
+                self.outcomes.track(record.id, _answered_type(record), record.labels)
         self.sources = dict(sources or registered_sources(self._live.values()))
         self._registrations: Counter[str] = Counter()
         self._retired_counts: Counter[str] = Counter()
@@ -131,6 +137,7 @@ class Catalog:
         max_registered: int,
         clock: Callable[[], float] = time.time,
         id_rule: IdRule | None = None,  # model.id_rule of the API: a row of another id is skipped
+        outcomes: Outcomes | None = None,
     ) -> Catalog:
         return cls(
             store,
@@ -139,6 +146,7 @@ class Catalog:
             history=history,
             max_registered=max_registered,
             clock=clock,
+            outcomes=outcomes,
         )
 
     @property
@@ -166,7 +174,16 @@ class Catalog:
         with self._lock:
             now = self._clock()
             records = [
-                ImportRecord(r.id, source, first_seen=now, type=r.type, labels=r.labels)
+                ImportRecord(
+                    r.id,
+                    source,
+                    first_seen=now,
+                    type=r.type,
+                    labels=r.labels,
+                    # A clock a little ahead of ours (validated within an allowance) must not
+                    # start an import after it was first seen.
+                    started_at=None if r.accepted_at is None else min(r.accepted_at, now),
+                )
                 for r in registrations
             ]
             # Before following, the registrations alone are known to count.
@@ -183,6 +200,7 @@ class Catalog:
             back = {record.id for record in new} & self._retired  # purged, then registered
             for record in new:
                 self._live[record.id] = record
+                self.outcomes.track(record.id, "", record.labels)  # the type Elevate's, later
             if back and self._ids is not None:
                 self._retired -= back
                 self._ids.exclude(frozenset(self._retired))
@@ -247,6 +265,7 @@ class Catalog:
             self._retired.discard(import_id)
             for source in self.sources.values():
                 source.remove(import_id)
+            self.outcomes.forget([import_id])
             self.version = object()
         if self._poller is not None:
             self._poller.sync()
@@ -275,6 +294,7 @@ class Catalog:
             if imports is not self._seen_imports:
                 self._save_changes(imports, ids)
                 retired = self._retire(self._due(imports, self._clock()), ids)
+                self.outcomes.prune(imports, self._live)
                 self._seen_imports = imports
             self._purge_if_due(ids)
         if retired:  # their series leave now, not at the next round
@@ -291,14 +311,24 @@ class Catalog:
                 changed.append(_record(state, source, known))
         if not changed:
             return
+        outcomes = self.outcomes
+        events = [(r, *changes(self._live.get(r.id), r)) for r in changed]
+        # The last-final times go in the same transaction as the records that end: a
+        # restart finds both or neither, so nothing is counted twice or lost.
+        finals = [outcomes.kept_row(r.id, finish) for r, _q, finish in events if finish]
         try:
-            self._store.save(changed)
+            self._store.save(changed, finals)
         except StoreError as error:
-            # Kept in memory; the next round tries again.
+            # Kept in memory; the next round tries again (and counts then).
             log.warning("could not write %d changed imports to the store: %s", len(changed), error)
             return
-        for record in changed:
+        for record, queue, finish in events:
             self._live[record.id] = record
+            outcomes.track(record.id, _answered_type(record), record.labels)
+            if queue is not None:
+                outcomes.left_queue(record.id, queue)
+            if finish is not None:
+                outcomes.finished(record.id, finish)
 
     def _due(self, imports: Mapping[str, ImportState], now: float) -> dict[str, str]:
         """Ids to retire, with the status they leave with."""
@@ -315,8 +345,17 @@ class Catalog:
         if not due:
             return []
         now = self._clock()
+        outcomes = self.outcomes
+        # NOT_FOUND is an end too, counted as it is retired; final ones were counted as
+        # they ended.
+        lost = {
+            import_id: Finish(record.type, status, record.labels, now)
+            for import_id, status in due.items()
+            if status == "NOT_FOUND" and (record := self._live.get(import_id)) is not None
+        }
+        finals = [outcomes.kept_row(import_id, finish) for import_id, finish in lost.items()]
         try:
-            self._store.retire(dict.fromkeys(due, now))
+            self._store.retire(dict.fromkeys(due, now), finals)
         except StoreError as error:
             log.warning("could not retire %d imports in the store: %s", len(due), error)
             return []
@@ -327,6 +366,9 @@ class Catalog:
             for source in self.sources.values():
                 source.remove(import_id)
             log.info("import id=%s retired with status %s", import_id, status)
+        for import_id, finish in lost.items():
+            outcomes.finished(import_id, finish)
+        outcomes.forget(due)
         ids.exclude(frozenset(self._retired))
         self.version = object()
         return list(due)
@@ -354,6 +396,12 @@ class Catalog:
             # Only to free memory: a purged id registered again is new anyway.
             still, _total = self._store.query(Query(retired=True, limit=len(self._retired)))
             self._retired = {record.id for record in still}
+
+
+def _answered_type(record: ImportRecord) -> str:
+    """The type as Elevate answers it; "" until it has: a type given at registration may be
+    spelt otherwise, and its series at 0 would stay for good."""
+    return record.type if record.status is not None else ""
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ keys, control characters. A body is taken whole or not at all.
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +25,12 @@ from elevate_import_exporter.core.records import (
 
 MAX_IMPORTS = 1000  # per request
 MAX_TYPE_CHARS = 64
-KEYS = ("id", "type", "labels")
+KEYS = ("id", "type", "labels", "accepted_at")
+# How far a client's clock may run ahead of ours in accepted_at: beyond it, a mistake
+# (milliseconds, a date in the future), refused.
+CLOCK_ALLOWANCE = 300.0
+# A number longer than this is no time in Unix seconds (never converted: see _Number).
+_MAX_NUMBER_CHARS = 32
 JSON_TYPE = "application/json"
 
 IdCheck = Callable[[str], bool]
@@ -39,7 +46,13 @@ class RegistrationError(ValueError):
 
 
 class _Number:
-    """Any JSON number: never valid here, and never worth converting (no 10,000-digit ints)."""
+    """A JSON number, kept as its text: only accepted_at takes one, converted when short
+    (no 10,000-digit ints)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text[: _MAX_NUMBER_CHARS + 1]
 
 
 def content_type_error(value: str | None) -> str | None:
@@ -54,21 +67,27 @@ def content_type_error(value: str | None) -> str | None:
     return None
 
 
-def parse(body: bytes, valid_id: IdCheck, id_rule: str) -> list[Registration]:
+def parse(
+    body: bytes, valid_id: IdCheck, id_rule: str, now: float | None = None
+) -> list[Registration]:
     """The registrations of a body: one JSON object, or an array of 1 to 1000 of them.
+    ``now``: the time accepted_at must not be later than (by more than an allowance).
 
     Raises :class:`RegistrationError` for the first thing wrong.
     """
     document = _decode(body)
+    latest = (time.time() if now is None else now) + CLOCK_ALLOWANCE
     if isinstance(document, dict):
-        return [_registration(document, "", valid_id, id_rule)]
+        return [_registration(document, "", valid_id, id_rule, latest)]
     if not isinstance(document, list):
         raise RegistrationError("the body must be a JSON object or an array of objects")
     if not document:
         raise RegistrationError("the array is empty: give at least one import")
     if len(document) > MAX_IMPORTS:
         raise RegistrationError(f"at most {MAX_IMPORTS} imports per request, got {len(document)}")
-    return [_registration(item, f"[{n}].", valid_id, id_rule) for n, item in enumerate(document)]
+    return [
+        _registration(item, f"[{n}].", valid_id, id_rule, latest) for n, item in enumerate(document)
+    ]
 
 
 def _decode(body: bytes) -> Any:
@@ -109,17 +128,41 @@ def _no_constant(name: str) -> Any:
     raise RegistrationError(f"{name} is not a JSON value")
 
 
-def _number(_text: str) -> _Number:
-    return _Number()
+def _number(text: str) -> _Number:
+    return _Number(text)
 
 
-def _registration(item: Any, where: str, valid_id: IdCheck, id_rule: str) -> Registration:
+def accepted_time(value: Any, latest: float, field: str = "accepted_at") -> float:
+    """``value`` as Unix seconds if it is a finite number from 1970 to ``latest``;
+    :class:`RegistrationError` naming ``field`` otherwise."""
+    if isinstance(value, _Number):
+        seconds = float(value.text) if len(value.text) <= _MAX_NUMBER_CHARS else math.inf
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise RegistrationError(f"{field} must be a number of Unix seconds", field)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise RegistrationError(f"{field} must be Unix seconds from 1970 on", field)
+    if seconds > latest:
+        raise RegistrationError(
+            f"{field} is later than now (more than {CLOCK_ALLOWANCE:g}s ahead): "
+            "give Unix seconds, not milliseconds",
+            field,
+        )
+    return seconds
+
+
+def _registration(
+    item: Any, where: str, valid_id: IdCheck, id_rule: str, latest: float
+) -> Registration:
     if not isinstance(item, dict):
         raise RegistrationError("each import must be a JSON object", where.rstrip(".") or None)
     unknown = [key for key in item if key not in KEYS]
     if unknown:
         field = where + _shown(unknown[0])
-        raise RegistrationError(f"unknown key {_shown(unknown[0])}: give id, type, labels", field)
+        raise RegistrationError(
+            f"unknown key {_shown(unknown[0])}: give id, type, labels, accepted_at", field
+        )
     if "id" not in item:
         raise RegistrationError("id is missing", where + "id")
     import_id = item["id"]
@@ -130,7 +173,10 @@ def _registration(item: Any, where: str, valid_id: IdCheck, id_rule: str) -> Reg
         labels = checked_labels(item.get("labels", {}), where + "labels")
     except FieldError as exc:
         raise RegistrationError(exc.message, exc.field) from None
-    return Registration(import_id, kind, labels)
+    accepted = item.get("accepted_at")
+    if accepted is not None or "accepted_at" in item:
+        accepted = accepted_time(accepted, latest, where + "accepted_at")
+    return Registration(import_id, kind, labels, accepted)
 
 
 def _shown(text: str) -> str:

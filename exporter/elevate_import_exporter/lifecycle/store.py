@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -21,15 +22,20 @@ from typing import Any
 from elevate_import_exporter.core import files
 from elevate_import_exporter.core.records import (
     ANY_ID,
+    LATEST_TIME,
     FieldError,
     IdRule,
     ImportRecord,
     Query,
     damage_text,
     record_of_row,
+    stored_labels,
 )
 
 log = logging.getLogger(__name__)
+
+# The last time imports of a type ended with a status, by their allowlisted labels.
+LastFinal = tuple[str, str, Mapping[str, str], float]
 
 _EVERYTHING = Query()
 
@@ -59,11 +65,40 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
+# Version 2: when Elevate accepted an import and when it left the queue (issue 22's
+# durations), and the last time each type ended with each status, by the allowlisted
+# labels: kept apart from the imports, so that purging their history never loses it.
+# Seeded from the imports kept so far, with all their labels (only the allowlisted ones
+# are read back).
+_SCHEMA_V2 = """
+ALTER TABLE imports ADD COLUMN started_at REAL;
+ALTER TABLE imports ADD COLUMN left_queue_at REAL;
+CREATE TABLE last_finals (type TEXT NOT NULL, status TEXT NOT NULL, labels TEXT NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (type, status, labels)) WITHOUT ROWID;
+INSERT INTO last_finals SELECT type, status, labels, max(final_at) FROM imports
+    WHERE final_at IS NOT NULL AND status IS NOT NULL GROUP BY type, status, labels;
+INSERT INTO last_finals SELECT type, status, labels, max(retired_at) FROM imports
+    WHERE final_at IS NULL AND status = 'NOT_FOUND' AND retired_at IS NOT NULL
+    GROUP BY type, status, labels"""
+
+
+def _to_v2(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V2.split(";"):
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _to_v2)
 SCHEMA_VERSION: int = len(MIGRATIONS)
 
 _INSERT = f"INSERT INTO imports ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})"  # noqa: S608
 _UPSERT = " ".join(f"{name} = excluded.{name}," for name in _FIELDS[1:]).rstrip(",")
+_KEEP_FINAL = (
+    "INSERT INTO last_finals (type, status, labels, at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (type, status, labels) DO UPDATE SET at = max(at, excluded.at)"
+)
+# Rows of the last-final table read at most: types x statuses x capped values keep it far
+# below this; more is a table someone filled by hand.
+MAX_LAST_FINALS = 100_000
 _HEADER = b"SQLite format 3\x00"
 # Enough damaged rows to see what is wrong, without a line for each row of a bad restore.
 WARNED_ROWS = 20
@@ -184,18 +219,41 @@ class Store:
             sql = f"{_INSERT} ON CONFLICT (id) DO NOTHING"
             return [conn.execute(sql, _row(record)).rowcount == 1 for record in records]
 
-    def save(self, records: Sequence[ImportRecord]) -> None:
-        """Insert or replace whole records, in one committed transaction."""
+    def save(self, records: Sequence[ImportRecord], finals: Sequence[LastFinal] = ()) -> None:
+        """Insert or replace whole records, and keep the ``finals`` (type, status, labels,
+        time) when newer than those kept, in one committed transaction."""
         rows = [_row(record) for record in records if record.id not in self._skipped]
         with self._writing() as conn:
             sql = f"{_INSERT} ON CONFLICT (id) DO UPDATE SET {_UPSERT}"
             conn.executemany(sql, rows)
+            conn.executemany(_KEEP_FINAL, [_final_row(final) for final in finals])
 
-    def retire(self, ids_at: Mapping[str, float]) -> None:
-        """Mark each id retired at its time, in one committed transaction."""
+    def retire(self, ids_at: Mapping[str, float], finals: Sequence[LastFinal] = ()) -> None:
+        """Mark each id retired at its time, and keep the ``finals`` as :meth:`save` does,
+        in one committed transaction."""
         pairs = [(at, i) for i, at in ids_at.items() if i not in self._skipped]
         with self._writing() as conn:
             conn.executemany("UPDATE imports SET retired_at = ? WHERE id = ?", pairs)
+            conn.executemany(_KEEP_FINAL, [_final_row(final) for final in finals])
+
+    def last_finals(self) -> list[LastFinal]:
+        """The kept last time of each (type, status, labels); a damaged row is skipped with a
+        warning (it only holds a time, which the next end of its kind writes again)."""
+        kept: list[LastFinal] = []
+        damaged = 0
+        with self._reading() as conn:
+            sql = "SELECT type, status, labels, at FROM last_finals LIMIT ?"
+            for kind, status, labels, at in conn.execute(sql, (MAX_LAST_FINALS,)):
+                try:
+                    if not (isinstance(kind, str) and isinstance(status, str) and status):
+                        raise FieldError("holds no text", "type")
+                    at = _kept_time(at)
+                    kept.append((kind, status, dict(stored_labels(labels)), at))
+                except (FieldError, TypeError):
+                    damaged += 1
+        if damaged:
+            log.warning("%s: skipping %d damaged rows of last_finals", self._name, damaged)
+        return kept
 
     def delete(self, import_id: str) -> bool:  # False if it was not there
         if import_id in self._skipped:
@@ -269,6 +327,19 @@ def _where(
     flags = ((either, finished), ("retired_at IS NOT NULL", retired))
     terms += [term if wanted else f"NOT {term}" for term, wanted in flags if wanted is not None]
     return (f" WHERE {' AND '.join(terms)}" if terms else ""), list(chosen.values())
+
+
+def _final_row(final: LastFinal) -> tuple[Any, ...]:
+    kind, status, labels, at = final
+    return kind, status, json.dumps(labels, sort_keys=True, separators=(",", ":")), at
+
+
+def _kept_time(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FieldError("not a time", "at")
+    if not (math.isfinite(value) and 0 <= value <= LATEST_TIME):
+        raise FieldError("not a time", "at")
+    return float(value)
 
 
 def _row(record: ImportRecord) -> tuple[Any, ...]:

@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import json
 import logging
+import math
 import re
 import socket
 import ssl
@@ -31,6 +32,7 @@ from requests.adapters import HTTPAdapter
 from elevate_import_exporter.core.logs import redacting
 from elevate_import_exporter.core.model import causes, one_line
 from elevate_import_exporter.core.records import Registration
+from elevate_import_exporter.lifecycle.registration import CLOCK_ALLOWANCE
 
 if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
@@ -164,9 +166,13 @@ class Tracked:
 
 
 def registrations(
-    ids: Iterable[str], import_type: str = "", labels: Sequence[tuple[str, str]] = ()
+    ids: Iterable[str],
+    import_type: str = "",
+    labels: Sequence[tuple[str, str]] = (),
+    accepted_at: float | None = None,
 ) -> list[Registration]:
-    """One registration per distinct id, each with ``import_type`` and ``labels``."""
+    """One registration per distinct id, each with ``import_type``, ``labels`` and
+    ``accepted_at`` (Unix seconds, or None)."""
     keys = [key for key, _ in labels]
     for key, value in labels:
         if not LABEL_KEY.fullmatch(key):
@@ -181,7 +187,22 @@ def registrations(
             raise usage(f"import id number {position} is empty")
         _check_text(import_id, "an import id")
         unique.setdefault(import_id)
-    return [Registration(i, import_type, tuple(sorted(labels))) for i in unique]
+    return [Registration(i, import_type, tuple(sorted(labels)), accepted_at) for i in unique]
+
+
+def accepted_at_of(text: str, now: float) -> float:
+    """``--accepted-at``: Unix seconds, or ``now``; checked as the exporter checks it."""
+    if text.strip().lower() == "now":
+        return now
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0 or seconds > now + CLOCK_ALLOWANCE:
+        raise usage(
+            f"--accepted-at must be Unix seconds from 1970 to now (or 'now'), got {text[:100]!r}"
+        )
+    return seconds
 
 
 def _check_text(value: str, name: str) -> None:
@@ -205,6 +226,8 @@ def request_bodies(items: Sequence[Registration]) -> Iterator[tuple[list[str], b
             document["type"] = item.type
         if item.labels:
             document["labels"] = dict(item.labels)
+        if item.accepted_at is not None:
+            document["accepted_at"] = item.accepted_at
         encoded = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
         if batch and (len(batch) == MAX_PER_REQUEST or size + len(encoded) > MAX_REQUEST_BYTES):
             yield _body(batch)

@@ -16,8 +16,21 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from elevate_import_exporter import __version__
+from elevate_import_exporter.core.outcomes import (
+    DURATION_STATUSES,
+    FINISHED_STATUSES,
+    Histogram,
+    Outcomes,
+    View,
+)
 from elevate_import_exporter.core.state import RoundResult, Snapshot
-from elevate_import_exporter.metrics.lines import FinalLines, import_families
+from elevate_import_exporter.metrics.lines import (
+    FinalLines,
+    ImportFamily,
+    LabelSeries,
+    import_families,
+    labels_family,
+)
 from elevate_import_exporter.metrics.stats import (
     LATENCY_BUCKETS,
     ApiStats,
@@ -62,11 +75,13 @@ class ImportCollector(Collector):
         stats: RequestStats,
         ids: IdCounts | None = None,
         lifecycle: Lifecycle | None = None,
+        outcomes: Outcomes | None = None,
     ) -> None:
         self._poller = poller
         self._stats = stats
         self._ids = ids
         self._lifecycle = lifecycle
+        self._outcomes = outcomes
         # The lines of final imports, rendered once (see lines.py).
         self.final_lines = FinalLines()
 
@@ -78,9 +93,16 @@ class ImportCollector(Collector):
             yield from _source_families(0, {})
         if self._lifecycle is not None:
             yield from _lifecycle_families({}, {}, 0)
+        if self._outcomes is not None:
+            yield from outcome_families(Outcomes(self._outcomes.names).view())
+            yield from _label_family(self._outcomes, Snapshot({}, None))
 
     def collect(self) -> Iterator[Metric]:
-        yield from _families(self._poller.snapshot(), self._stats.snapshot(), self.final_lines)
+        snapshot = self._poller.snapshot()
+        yield from _families(snapshot, self._stats.snapshot(), self.final_lines)
+        if self._outcomes is not None:
+            yield from outcome_families(self._outcomes.view())
+            yield from _label_family(self._outcomes, snapshot)
         if self._ids is not None:
             yield from _source_families(self._ids.refused, self._ids.counts())
         if self._lifecycle is not None:
@@ -96,6 +118,65 @@ def _families(snapshot: Snapshot, api: ApiStats, final: FinalLines) -> Iterator[
     yield from _round_families(snapshot.last_round, len(snapshot.imports))
     yield from _api_families(api)
     yield _build_info()
+
+
+def outcome_families(view: View) -> Iterator[Metric]:
+    """The aggregates that outlive retention (issue 22): every final status at 0 for each
+    type (and allowlisted values) seen, so that increase() sees the first import."""
+    names = list(view.names)
+    finished = CounterMetricFamily(
+        "elevate_import_finished",
+        "Imports that reached a final status (NOT_FOUND: retired as such), counted once per "
+        "import, when the store first kept the end.",
+        labels=["type", "status", *names],
+    )
+    durations = HistogramMetricFamily(
+        "elevate_import_duration_seconds",
+        "Seconds from the start of an import (the proxy's 202 or a registration's "
+        "accepted_at, else first seen) to the first poll that saw its final status.",
+        labels=["type", "status", *names],
+    )
+    queues = HistogramMetricFamily(
+        "elevate_import_queue_seconds",
+        "Seconds from the start of an import to the first poll that saw it leave WAITING/BLOCKED.",
+        labels=["type", *names],
+    )
+    empty_durations, empty_queues = Histogram(view.duration_buckets), Histogram(view.queue_buckets)
+    for kind, values in view.combos:
+        for status in FINISHED_STATUSES:
+            key = (kind, status, values)
+            finished.add_metric([kind, status, *values], float(view.finished.get(key, 0)))
+        for status in DURATION_STATUSES:
+            histogram = view.durations.get((kind, status, values), empty_durations)
+            durations.add_metric([kind, status, *values], histogram.cumulative(), histogram.sum)
+        histogram = view.queues.get((kind, values), empty_queues)
+        queues.add_metric([kind, *values], histogram.cumulative(), histogram.sum)
+    last = GaugeMetricFamily(
+        "elevate_import_last_final_timestamp_seconds",
+        "When the last import of the type reached the status (Unix seconds); kept across "
+        "restarts and retention.",
+        labels=["type", "status", *names],
+    )
+    for (kind, status, values), at in sorted(view.last_final.items()):
+        last.add_metric([kind, status, *values], at)
+    overflow = labelled(
+        CounterMetricFamily(
+            "elevate_import_metric_label_overflow",
+            "Imports whose value of the allowlisted label was published as 'other' "
+            "(past --imports.metric-labels-max-values).",
+            labels=["label"],
+        ),
+        view.overflow,
+    )
+    yield from (finished, durations, queues, last, overflow)
+
+
+def _label_family(outcomes: Outcomes, snapshot: Snapshot) -> Iterator[Metric]:
+    names, values_of, blank = outcomes.labels_of()
+    if not names:  # only worth its series when there are labels to join
+        return
+    family = labels_family(names)
+    yield ImportFamily(family, LabelSeries(family, names, snapshot.imports, values_of, blank))
 
 
 def _failure_family(snapshot: Snapshot) -> Metric:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample
@@ -311,11 +311,84 @@ _SAMPLES: dict[Family, Callable[[Iterable[ImportState]], Iterator[Sample]]] = {
 }
 
 
+LABELS_NAME = "elevate_import_labels"
+LABELS_HELP = (
+    "Always 1; the allowlisted labels (--imports.metric-labels) of each tracked import, "
+    "for group_left in alerts: value '' when the import has none, 'other' past "
+    "--imports.metric-labels-max-values."
+)
+
+
+def labels_family(names: tuple[str, ...]) -> Family:
+    """The info series' family for the allowlisted ``names``; its labels in sorted order,
+    as prometheus_client writes them."""
+    return Family(LABELS_NAME, LABELS_HELP, tuple(sorted(("id", *names))))
+
+
+class LabelSeries:
+    """The info series of one snapshot: a line per tracked import, built from parts shared
+    by every import of the same values (few), around its id."""
+
+    def __init__(
+        self,
+        family: Family,
+        names: tuple[str, ...],
+        ids: Iterable[str],
+        values_of: Mapping[str, tuple[str, ...]],
+        blank: tuple[str, ...],
+    ) -> None:
+        self._family = family
+        self._names = names
+        self._ids = list(ids)
+        self._values_of = values_of
+        self._blank = blank
+
+    def _parts(self, values: tuple[str, ...]) -> tuple[bytes, bytes]:
+        given = dict(zip(self._names, values, strict=True))
+        before = [f'{n}="{_label(given[n])}"' for n in self._family.labels if n < "id"]
+        after = [f'{n}="{_label(given[n])}"' for n in self._family.labels if n > "id"]
+        head = f'{self._family.name}{{{"".join(b + "," for b in before)}id="'
+        tail = f'"{"".join("," + a for a in after)}}} {_ONE}\n'
+        return head.encode(), tail.encode()
+
+    def runs(self, family: Family) -> Iterator[list[bytes]]:
+        parts: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
+        values_of, blank = self._values_of, self._blank
+        for start in range(0, len(self._ids), RUN):
+            out: list[bytes] = []
+            for import_id in self._ids[start : start + RUN]:
+                values = values_of.get(import_id, blank)
+                pair = parts.get(values)
+                if pair is None:
+                    pair = parts[values] = self._parts(values)
+                out += (pair[0], _label(import_id).encode(), pair[1])
+            yield out
+
+    def has_samples(self, family: Family) -> bool:
+        return bool(self._ids)
+
+    def samples(self, family: Family) -> list[Sample]:
+        out = []
+        for import_id in self._ids:
+            values = self._values_of.get(import_id, self._blank)
+            labels = {"id": import_id, **dict(zip(self._names, values, strict=True))}
+            out.append(Sample(family.name, {n: labels[n] for n in family.labels}, 1.0))
+        return out
+
+
+class _Rows(Protocol):
+    def runs(self, family: Family) -> Iterator[list[bytes]]: ...
+
+    def has_samples(self, family: Family) -> bool: ...
+
+    def samples(self, family: Family) -> list[Sample]: ...
+
+
 class ImportFamily(Metric):
     """A per-import gauge family of one scrape. The exposition writes it from
     :meth:`runs`; whoever reads ``samples`` gets them, built on first use."""
 
-    def __init__(self, family: Family, series: Series) -> None:
+    def __init__(self, family: Family, series: _Rows) -> None:
         self._built: list[Sample] | None = None
         super().__init__(family.name, family.documentation, "gauge")
         self._built = None  # the constructor's empty list: the samples come from the series

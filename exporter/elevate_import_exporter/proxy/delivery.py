@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -131,10 +131,15 @@ class Delivery:
 
     def register(self, registrations: Sequence[Registration], source: str) -> list[bool]:
         """Queue ``registrations`` (and spool them) for delivery; never waits on the network.
-        ``source`` is the proxy's: the exporter records them as ``proxy`` in any case."""
+        ``source`` is the proxy's: the exporter records them as ``proxy`` in any case.
+        Called as the 202 comes: a registration without ``accepted_at`` gets this moment,
+        so that the exporter measures from the 202 however long the delivery takes."""
+        now = time.time()
         with self._wake:
             entries = []
             for registration in registrations:
+                if registration.accepted_at is None:
+                    registration = replace(registration, accepted_at=now)
                 entries.append(_Entry(self._seq, registration))
                 self._seq += 1
             if self._spool is not None and entries:
@@ -349,16 +354,7 @@ class _Spool:
         return entries, lost
 
     def add(self, entries: Sequence[_Entry]) -> None:
-        lines = [
-            {
-                "seq": e.seq,
-                "id": e.registration.id,
-                "type": e.registration.type,
-                "labels": dict(e.registration.labels),
-            }
-            for e in entries
-        ]
-        self._append(lines)
+        self._append([_spooled(e) for e in entries])
 
     def done(self, first: int, end: int) -> None:
         self._append([{"done": [first, end]}])
@@ -391,15 +387,7 @@ class _Spool:
         """Rewrite the file with ``waiting`` only: a new file renamed over it, so that a kill
         at any moment leaves the old file or the new one, whole."""
         temporary = self.path.with_name(self.path.name + ".tmp")
-        with_lines = [
-            {
-                "seq": e.seq,
-                "id": e.registration.id,
-                "type": e.registration.type,
-                "labels": dict(e.registration.labels),
-            }
-            for e in waiting
-        ]
+        with_lines = [_spooled(e) for e in waiting]
         try:
             temporary.unlink(missing_ok=True)
             # Locked before it takes the spool's name: no moment without a lock on it.
@@ -465,6 +453,19 @@ def _lines(fd: int) -> Iterator[tuple[bytes, bool]]:
         yield b"", False
 
 
+def _spooled(entry: _Entry) -> dict[str, object]:
+    registration = entry.registration
+    document: dict[str, object] = {
+        "seq": entry.seq,
+        "id": registration.id,
+        "type": registration.type,
+        "labels": dict(registration.labels),
+    }
+    if registration.accepted_at is not None:
+        document["accepted_at"] = registration.accepted_at
+    return document
+
+
 def _parse(line: bytes) -> _Entry | tuple[int, int] | None:
     """An added registration, a done marker (first, end), or None for a damaged line."""
     try:
@@ -484,8 +485,10 @@ def _parse(line: bytes) -> _Entry | tuple[int, int] | None:
         return None
     seq, import_id = document.get("seq"), document.get("id")
     kind, labels = document.get("type", ""), document.get("labels", {})
+    accepted = document.get("accepted_at")
     if (
-        set(document) <= {"seq", "id", "type", "labels"}
+        set(document) <= {"seq", "id", "type", "labels", "accepted_at"}
+        and (accepted is None or _a_time(accepted))
         and isinstance(seq, int)
         and not isinstance(seq, bool)
         and seq >= 0
@@ -495,8 +498,14 @@ def _parse(line: bytes) -> _Entry | tuple[int, int] | None:
         and isinstance(labels, dict)
         and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
     ):
-        return _Entry(seq, Registration(import_id, kind, tuple(sorted(labels.items()))))
+        labelled = tuple(sorted(labels.items()))
+        return _Entry(seq, Registration(import_id, kind, labelled, accepted))
     return None
+
+
+def _a_time(value: object) -> bool:
+    # What the exporter takes as accepted_at (it checks the upper end itself).
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e11
 
 
 def _sync_folder(folder: Path) -> None:
@@ -516,16 +525,38 @@ def http_sender(client: Client) -> Send:
     credentials, TLS, time and size bounds). 2xx with a word on every id: delivered; a 4xx
     (but 408 and 429) or a redirect: refused for good; anything else: worth a retry."""
 
+    # An exporter older than accepted_at refuses the key with a 400 naming it. Its ids
+    # are not at fault: they go again without it, and so does every later batch.
+    takes_accepted_at = True
+
     def send(registrations: Sequence[Registration]) -> None:
+        nonlocal takes_accepted_at
+        if not takes_accepted_at:
+            registrations = _without_accepted_at(registrations)
         try:
             post_once(client, registrations, QUERY)
         except TrackError as exc:
-            raise _failed(exc) from None
+            if not (exc.status == 400 and _refuses_accepted_at(exc, registrations)):
+                raise _failed(exc) from None
+            takes_accepted_at = False
+            log.warning(
+                "the exporter does not take accepted_at (it is older than this proxy): its "
+                "durations start when it registers the ids, not at the 202; upgrade it"
+            )
+            send(registrations)
         except Exception as exc:
             # Not one of the errors the client expects: its text may quote the server.
             raise DeliveryFailed("unreachable", type(exc).__name__, retry=True) from None
 
     return send
+
+
+def _refuses_accepted_at(exc: TrackError, registrations: Sequence[Registration]) -> bool:
+    return "accepted_at" in str(exc) and any(r.accepted_at is not None for r in registrations)
+
+
+def _without_accepted_at(registrations: Sequence[Registration]) -> list[Registration]:
+    return [replace(r, accepted_at=None) for r in registrations]
 
 
 def _failed(exc: TrackError) -> DeliveryFailed:

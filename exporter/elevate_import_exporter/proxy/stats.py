@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from elevate_import_exporter.core.model import ERROR_REASONS
 from elevate_import_exporter.core.model import reason_for_status as model_reason
+from elevate_import_exporter.proxy.tracking import IMPORT_TYPES, OTHER_TYPE, OUTCOMES
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 OTHER_METHOD = "other"
@@ -59,8 +60,13 @@ class ProxyStats:
         self._buckets = [0] * (len(DURATION_BUCKETS) + 1)
         self._sum = 0.0
         self._bytes: Counter[str] = Counter(dict.fromkeys(DIRECTIONS, 0))
-        self._tracked: Counter[str] = Counter()
-        self._imports: Counter[tuple[str, str]] = Counter()
+        # Every type and outcome at 0 from the start: rate() and increase() see a series
+        # only from its second sample, so one born at 1 would hide the first upload.
+        types = (*IMPORT_TYPES, OTHER_TYPE)
+        self._tracked: Counter[str] = Counter(dict.fromkeys(types, 0))
+        self._imports: Counter[tuple[str, str]] = Counter(
+            {(kind, outcome): 0 for kind in types for outcome in OUTCOMES}
+        )
         self._errors: Counter[str] = Counter(dict.fromkeys(ERROR_REASONS, 0))
         self._registration_failures = 0
         self._in_flight = 0

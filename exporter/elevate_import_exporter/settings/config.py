@@ -17,6 +17,14 @@ from pathlib import Path
 from elevate_import_exporter.core.files import UnreadableFile, read_text_file
 from elevate_import_exporter.core.logs import LOG_FORMATS, LOG_LEVELS
 from elevate_import_exporter.core.model import API_FLAVOURS, id_rule
+from elevate_import_exporter.core.outcomes import (
+    DEFAULT_DURATION_BUCKETS,
+    DEFAULT_MAX_VALUES,
+    DEFAULT_QUEUE_BUCKETS,
+    LabelNameError,
+    checked_buckets,
+    checked_names,
+)
 from elevate_import_exporter.core.secret import Secret
 
 # The option tables and the syntax of values live in options.py; re-exported for callers
@@ -40,6 +48,8 @@ MAX_RETENTION = 365 * 86400.0
 MAX_HISTORY = 10 * 365 * 86400.0
 MAX_PROXY_TIMEOUT = 24 * 3600.0
 MAX_DRAIN_TIMEOUT = 24 * 3600.0
+MAX_METRIC_LABEL_VALUES = 10_000
+MAX_BUCKETS = 40
 _SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", "cookie"})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 # An API key is tens of characters; a larger file is not a key file.
@@ -92,6 +102,11 @@ class Settings:
     proxy_addresses: tuple[tuple[str, int], ...] = ()
     proxy_timeout: float = 600.0
     proxy_label_header: str = "X-Feed-Name"
+    # Registration and proxy labels published on the info series and the aggregates.
+    imports_metric_labels: tuple[str, ...] = ()
+    imports_metric_labels_max_values: int = DEFAULT_MAX_VALUES
+    imports_duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
+    imports_queue_buckets: tuple[float, ...] = DEFAULT_QUEUE_BUCKETS
     # What is allowed but worth a word at start (a key file every user can read); the
     # CLI logs each once logging is set up.
     warnings: tuple[str, ...] = ()
@@ -250,6 +265,10 @@ def load_settings(
     proxy_listen_address: str | Iterable[str] = (),
     proxy_timeout: str = default("proxy_timeout"),
     proxy_label_header: str = default("proxy_label_header"),
+    imports_metric_labels: str | Iterable[str] | None = None,
+    imports_metric_labels_max_values: str | int = default("imports_metric_labels_max_values"),
+    imports_duration_buckets: str | Iterable[float] = default("imports_duration_buckets"),
+    imports_queue_buckets: str | Iterable[float] = default("imports_queue_buckets"),
 ) -> Settings:
     """Validate raw option values into :class:`Settings` or raise :class:`ConfigError`.
 
@@ -289,6 +308,15 @@ def load_settings(
         proxy_addresses=proxy_addresses,
         proxy_timeout=_positive_duration(proxy_timeout, "--proxy.timeout", MAX_PROXY_TIMEOUT),
         proxy_label_header=_header_name(proxy_label_header, "--proxy.label-header"),
+        imports_metric_labels=_metric_labels(imports_metric_labels),
+        imports_metric_labels_max_values=_whole_number(
+            imports_metric_labels_max_values,
+            "--imports.metric-labels-max-values",
+            1,
+            MAX_METRIC_LABEL_VALUES,
+        ),
+        imports_duration_buckets=_buckets(imports_duration_buckets, "--imports.duration-buckets"),
+        imports_queue_buckets=_buckets(imports_queue_buckets, "--imports.queue-buckets"),
         warnings=tuple(w for w in [key_file_warning(api_key_file)] if w),
     )
 
@@ -424,6 +452,30 @@ def _proxy_addresses(given: str | Iterable[str]) -> tuple[tuple[str, int], ...]:
     addresses = tuple(parse_listen_address(v.strip(), "--proxy.listen-address") for v in values)
     _apart((), addresses)
     return addresses
+
+
+def _metric_labels(given: str | Iterable[str] | None) -> tuple[str, ...]:
+    values = [] if given is None else [given] if isinstance(given, str) else list(given)
+    names = [n.strip() for value in values for n in value.split(",") if n.strip()]
+    try:
+        return checked_names(names)
+    except LabelNameError as exc:
+        raise ConfigError(f"--imports.metric-labels: {exc}") from None
+
+
+def _buckets(given: str | Iterable[float], name: str) -> tuple[float, ...]:
+    texts = given.split(",") if isinstance(given, str) else [str(v) for v in given]
+    texts = [text.strip() for text in texts]
+    try:
+        bounds = [float(text) for text in texts]
+        if len(bounds) > MAX_BUCKETS:
+            raise ValueError(f"at most {MAX_BUCKETS} buckets")
+        return checked_buckets(bounds)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{name} must be increasing positive seconds separated by commas, such as "
+            f"10,60,600 ({exc}), got {','.join(texts)!r}"
+        ) from None
 
 
 def _header_name(value: str, name: str) -> str:

@@ -119,6 +119,36 @@ RUN_OPTIONS = (
         "24h",
     ),
     Option(
+        "--imports.metric-labels",
+        "imports_metric_labels",
+        "ELEVATE_EXPORTER_IMPORTS_METRIC_LABELS",
+        "Comma separated registration and proxy label names (at most 4, e.g. feed_name,team) "
+        "published on elevate_import_labels{id,...} and as labels of the aggregates "
+        "(elevate_import_finished_total and the others).",
+    ),
+    Option(
+        "--imports.metric-labels-max-values",
+        "imports_metric_labels_max_values",
+        "ELEVATE_EXPORTER_IMPORTS_METRIC_LABELS_MAX_VALUES",
+        "Distinct values published per metric label; further ones are published as 'other', "
+        "with one warning.",
+        "100",
+    ),
+    Option(
+        "--imports.duration-buckets",
+        "imports_duration_buckets",
+        "ELEVATE_EXPORTER_IMPORTS_DURATION_BUCKETS",
+        "Upper bounds in seconds (comma separated, increasing) of elevate_import_duration_seconds.",
+        "10,30,60,120,300,600,1200,1800,3600,7200,14400,28800,86400",
+    ),
+    Option(
+        "--imports.queue-buckets",
+        "imports_queue_buckets",
+        "ELEVATE_EXPORTER_IMPORTS_QUEUE_BUCKETS",
+        "Upper bounds in seconds (comma separated, increasing) of elevate_import_queue_seconds.",
+        "1,5,15,30,60,120,300,600,1800,3600,7200",
+    ),
+    Option(
         "--storage.path",
         "storage_path",
         "ELEVATE_EXPORTER_STORAGE_PATH",

@@ -2,8 +2,10 @@
 
 Everything that came from outside (the API, registrations, the store) is escaped here; the
 page never queries Elevate. It reloads itself every few seconds, so an open tab follows
-the poll rounds without a click. Below the live imports it shows one page of the history
-(finished and retired imports), which the caller reads from the store.
+the poll rounds without a click. The live imports show where each came from and the
+labels allowlisted for the metrics (``--imports.metric-labels``); below them, a summary of
+the last days per type and one page of the history (finished and retired imports), both
+of which the caller reads from the store.
 """
 
 from __future__ import annotations
@@ -12,17 +14,21 @@ import html
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 from elevate_import_exporter import __version__
 from elevate_import_exporter.core.model import DOCUMENTED_STATUSES, safe_text
 from elevate_import_exporter.core.records import ImportRecord
 from elevate_import_exporter.core.state import ImportState, RoundResult, Snapshot
+from elevate_import_exporter.lifecycle.summary import DAYS, TypeSummary, WeekSummary
 
 # Seconds between the page's own reloads: short enough to watch the demo (which polls
 # every 2 s) move, and rendering from the last round's state costs Elevate nothing.
 REFRESH_SECONDS = 5
 
 UNKNOWN_YET = "unknown yet"
+# The type of imports the API names none for (Admin API v4).
+NO_TYPE = "(none)"
 NO_ANSWER = "no answer"
 # "Last polled" of a final import, which is never asked again.
 FINAL_POLLED = "final, not asked again"
@@ -37,6 +43,9 @@ _STATUS_CLASS = {
     status: "status-" + status.lower().replace("_", "-") for status in DOCUMENTED_STATUSES
 }
 _UNKNOWN_CLASS = "status-unknown"
+# The tracked table's columns before the allowlisted labels' (one each).
+_TRACKED_COLUMNS = 8
+_NO_RECORDS: Mapping[str, ImportRecord] = MappingProxyType({})
 
 
 def landing_page(
@@ -47,21 +56,34 @@ def landing_page(
     pages: int = 1,
     *,
     now: float | None = None,
+    records: Mapping[str, ImportRecord] = _NO_RECORDS,
+    metric_labels: Sequence[str] = (),
+    summary: WeekSummary | None = None,
 ) -> bytes:
     """The page for ``snapshot`` and page ``page`` of ``pages`` of the history.
 
     ``history``: finished and retired imports, newest first, at most
     :data:`HISTORY_PAGE_SIZE`. ``now`` (wall-clock, as the poller's) dates the "ago"s.
+    ``records``: the kept record of live imports by id, for their source and labels (an id
+    without one shows neither). ``metric_labels``: the allowlisted label names, a column
+    each. ``summary``: the last days per type; None when it could not be read.
     """
     when = time.time() if now is None else now
-    rows = "\n".join(_row(state, when) for state in snapshot.imports.values())
+    names = tuple(metric_labels)
+    rows = "\n".join(
+        _row(state, records.get(state.id), names, when) for state in snapshot.imports.values()
+    )
+    columns = _TRACKED_COLUMNS + len(names)
     text = _PAGE.format(
         refresh=REFRESH_SECONDS,
         version=html.escape(__version__),
         path=_escape(telemetry_path),
         exporter=_exporter_state(snapshot.last_round, len(snapshot.imports), when),
         count=len(snapshot.imports),
-        rows=rows or '<tr><td colspan="7">No import ids are tracked.</td></tr>',
+        label_headers="".join(f"<th>{_escape(name)}</th>" for name in names),
+        rows=rows or f'<tr><td colspan="{columns}">No import ids are tracked.</td></tr>',
+        days=DAYS,
+        week=_week(summary),
         history=_history_rows(history[:HISTORY_PAGE_SIZE], page),
         pagination=_pagination(page, pages),
     )
@@ -103,10 +125,11 @@ def _timestamp(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _row(state: ImportState, now: float) -> str:
+def _row(state: ImportState, record: ImportRecord | None, names: Sequence[str], now: float) -> str:
     info = state.info
     status = info.status if info else UNKNOWN_YET
     since = _timestamp(state.status_since) if state.status_since is not None else ""
+    labels = dict(record.labels) if record is not None else {}
     return (
         "<tr>"
         + _cell(state.id)
@@ -118,6 +141,50 @@ def _row(state: ImportState, now: float) -> str:
         + _cell(FINAL_POLLED if state.final else ago(state.last_polled, now))
         + _cell(info.message if info else "", "message")
         + _cell(_poll_ok(state))
+        + _cell(record.source if record is not None else "")
+        + "".join(_cell(labels.get(name, ""), "labels") for name in names)
+        + "</tr>"
+    )
+
+
+def _week(summary: WeekSummary | None) -> str:
+    """The summary of the last days per type, with what it covers."""
+    if summary is None:
+        return "<p>Not available: the store could not be read (see the log).</p>"
+    days = round((summary.until - summary.since) / 86400)
+    about = (
+        f"<p>Imports that reached a final status in the last {days} days (since "
+        f"{_timestamp(summary.since)}), as the store keeps them. Failed: FAILURE or ABORTED. "
+        "Duration: from the start (the proxy's 202 or a registration's "
+        "<code>accepted_at</code>, else first seen) to the first poll that saw the final "
+        "status, the median of the type's finished imports.</p>"
+    )
+    if summary.capped:
+        about += (
+            f'<p class="capped">Counted from the newest {summary.read:,} of the '
+            f"{summary.total:,} imports the store lists for this period: a page reads no "
+            "more. Prometheus' <code>elevate_import_finished_total</code> counts them all."
+            "</p>"
+        )
+    rows = "\n".join(_week_row(kind) for kind in summary.types)
+    rows = rows or '<tr><td colspan="4">No import finished in this period.</td></tr>'
+    return (
+        about
+        + '<div class="scroll"><table id="week">\n'
+        + "<thead><tr><th>Type</th><th>Finished</th><th>Failed</th>"
+        + "<th>Median duration</th></tr></thead>\n"
+        + f"<tbody>\n{rows}\n</tbody>\n</table></div>"
+    )
+
+
+def _week_row(kind: TypeSummary) -> str:
+    failed = ' class="failed"' if kind.failed else ""
+    return (
+        "<tr>"
+        + _cell(kind.type or NO_TYPE)
+        + f"<td>{kind.finished}</td>"
+        + f"<td{failed}>{kind.failed}</td>"
+        + _cell(took(kind.median) if kind.median is not None else "")
         + "</tr>"
     )
 
@@ -255,6 +322,8 @@ dl.exporter dd {{ margin: 0; }}
 .retired {{ background: #555; color: #fff; }}
 .label {{ background: #eef; border-radius: 0.3em; padding: 0 0.3em; margin-right: 0.2em; }}
 nav.pages {{ margin: 0.6em 0; }}
+td.failed {{ background: #f8d0d0; color: #8a1212; font-weight: bold; }}
+p.capped {{ font-weight: bold; }}
 </style>
 </head>
 <body>
@@ -266,13 +335,15 @@ nav.pages {{ margin: 0.6em 0; }}
 every {refresh} s.</p>
 <div class="scroll"><table id="tracked">
 <thead><tr><th>Id</th><th>Type</th><th>Status</th><th>Since</th><th>Last polled</th>
-<th>Message</th><th>Last poll ok</th></tr></thead>
+<th>Message</th><th>Last poll ok</th><th>Source</th>{label_headers}</tr></thead>
 <tbody>
 {rows}
 </tbody>
 </table></div>
 <h2>Exporter</h2>
 {exporter}
+<h2>Last {days} days</h2>
+{week}
 <h2>Finished and retired imports</h2>
 <p>Newest first. A finished import stays in the metrics for the retention
 (<code>--imports.retention</code>), then is retired: it leaves the metrics, and its

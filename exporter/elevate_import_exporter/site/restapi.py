@@ -259,6 +259,7 @@ def record_json(record: ImportRecord) -> dict[str, Any]:
         "status": record.status,
         "message": record.message,
         "first_seen": rfc3339(record.first_seen),
+        "started_at": rfc3339(record.started_at),
         "status_since": rfc3339(record.status_since),
         "last_answer": rfc3339(record.last_answer),
         "final_at": rfc3339(record.final_at),

@@ -15,14 +15,15 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Protocol, Unpack
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry
 
-from elevate_import_exporter.core.records import CatalogError, Query
-from elevate_import_exporter.core.state import Snapshot
+from elevate_import_exporter.core.records import CatalogError, ImportRecord, Query
+from elevate_import_exporter.core.state import RoundResult, Snapshot
 from elevate_import_exporter.httpd.listeners import ListenError as ListenError
 from elevate_import_exporter.httpd.messages import Answer, Request
 from elevate_import_exporter.httpd.server import DRAIN_SECONDS as DRAIN_SECONDS
@@ -30,6 +31,7 @@ from elevate_import_exporter.httpd.server import HEADER_TIMEOUT as HEADER_TIMEOU
 from elevate_import_exporter.httpd.server import MAX_CONNECTIONS as MAX_CONNECTIONS
 from elevate_import_exporter.httpd.server import MAX_THREADS as MAX_THREADS
 from elevate_import_exporter.httpd.server import Server, ServerOptions
+from elevate_import_exporter.lifecycle.summary import WeekSummary, week_summary
 from elevate_import_exporter.metrics.exposition import Exposition, Renderer
 from elevate_import_exporter.settings.config import Settings
 from elevate_import_exporter.site import restapi
@@ -54,6 +56,12 @@ _TEXT = "text/plain; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
 _VARY = ("Vary", "Accept, Accept-Encoding")
 _PAGE = re.compile(r"[1-9][0-9]{0,5}")  # /?page=N of the history; anything else is page 1
+# The landing page's summary of the last days is read again after something changed (a
+# poll round, a registration), but not sooner than this; and at least this often, as the
+# days move on. Open tabs reload every few seconds, and a summary may read 20,000 rows
+# (half a second): a week's figures need not follow every round.
+SUMMARY_MIN_AGE = 30.0
+SUMMARY_MAX_AGE = 300.0
 
 
 class Site(Protocol):
@@ -88,6 +96,7 @@ class SiteRoutes:
         self.site = site
         self.renderer = Renderer(site.registry, site.fresh_registry)
         self.scrape_slots = threading.BoundedSemaphore(max(1, scrapes))
+        self.page_data = PageData()
 
     def answer(self, request: Request) -> Answer:
         site, path, method = self.site, request.path, request.method
@@ -141,7 +150,18 @@ class SiteRoutes:
             log.warning("landing page without history: %s", exc)
             history, total = [], 0
         count = max(1, -(-total // ROWS))
-        body = landing_page(site.snapshot(), site.telemetry_path, history, page, count)
+        snapshot = site.snapshot()
+        records, summary = self.page_data.read(site.catalog, snapshot)
+        body = landing_page(
+            snapshot,
+            site.telemetry_path,
+            history,
+            page,
+            count,
+            records=records,
+            metric_labels=site.settings.imports_metric_labels,
+            summary=summary,
+        )
         return Answer(HTTPStatus.OK, (("Content-Type", _HTML), _VARY), body)
 
     def _metrics(self, request: Request) -> Answer:
@@ -174,6 +194,66 @@ class SiteRoutes:
         # Scrapes answered from the same round share one rendered answer.
         state = (snapshot.imports, snapshot.last_round, site.catalog.version)
         return self.renderer.render(accept, encoding, names, state)
+
+
+class PageData:
+    """What the landing page reads from the store besides the history: the records of the
+    live imports (their source and labels) and the summary of the last days.
+
+    Kept until a poll round or the catalog changes (the records), and for
+    :data:`SUMMARY_MIN_AGE` to :data:`SUMMARY_MAX_AGE` seconds (the summary), so that
+    pages reloading every few seconds in many tabs cost one read. Thread-safe; a failed
+    read leaves the page without that part, and is tried again at the next page.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._records_key: tuple[object, RoundResult | None] | None = None
+        self._records: Mapping[str, ImportRecord] = {}
+        self._summary_key: tuple[object, RoundResult | None] | None = None
+        self._summary: WeekSummary | None = None
+        self._summary_at = 0.0
+
+    def read(
+        self, catalog: restapi.Catalog, snapshot: Snapshot
+    ) -> tuple[Mapping[str, ImportRecord], WeekSummary | None]:
+        key = (catalog.version, snapshot.last_round)
+        with self._lock:
+            if not _same(key, self._records_key):
+                self._records = self._live_records(catalog, len(snapshot.imports))
+                self._records_key = key if self._records or not snapshot.imports else None
+            now = self._clock()
+            age = now - self._summary_at
+            stale = self._summary is None or age >= SUMMARY_MAX_AGE or age < 0
+            if stale or (not _same(key, self._summary_key) and age >= SUMMARY_MIN_AGE):
+                self._summary = self._read_summary(catalog, now)
+                self._summary_key, self._summary_at = key, now
+            return self._records, self._summary
+
+    @staticmethod
+    def _live_records(catalog: restapi.Catalog, live: int) -> Mapping[str, ImportRecord]:
+        # The store holds a record of every tracked import once a round has seen it; a
+        # few more rows than live ids leave room for ids that left the sources just now.
+        try:
+            records, _ = catalog.query(Query(retired=False, limit=2 * live + ROWS))
+        except CatalogError as exc:
+            log.warning("landing page without sources and labels: %s", exc)
+            return {}
+        return {record.id: record for record in records}
+
+    @staticmethod
+    def _read_summary(catalog: restapi.Catalog, now: float) -> WeekSummary | None:
+        try:
+            return week_summary(catalog, now)
+        except CatalogError as exc:
+            log.warning("landing page without the summary of the last days: %s", exc)
+            return None
+
+
+def _same(key: tuple[object, ...], other: tuple[object, ...] | None) -> bool:
+    """Whether two keys hold the very same objects (versions compare by identity)."""
+    return other is not None and all(a is b for a, b in zip(key, other, strict=True))
 
 
 class HttpServer(Server):
