@@ -42,7 +42,7 @@ RUN python -m pip --python /build/bin/python wheel --no-cache-dir --no-build-iso
 FROM python:3.12-slim
 
 # Keep in step with exporter/elevate_import_exporter/__init__.py (the test suite checks that it is).
-ARG VERSION=0.5.0
+ARG VERSION=0.6.0
 
 LABEL org.opencontainers.image.title="elevate-import-exporter" \
       org.opencontainers.image.description="Prometheus exporter for the status of Voyado Elevate (Apptus eSales) background imports" \

@@ -1,9 +1,9 @@
-# Task runner: `make demo`, `make test`, `make bench`. Each target sets up .venv first.
+# Task runner: `make demo`, `make test`, `make docs`, `make bench`. Each target sets up .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# The documentation site on http://127.0.0.1:8000/, rebuilt on every change.
+docs: setup
+	$(BIN)/mkdocs serve
 
 bench: setup
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)

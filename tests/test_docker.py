@@ -230,7 +230,7 @@ def start_exporter(
         f"ELEVATE_IMPORT_IDS={','.join(tracked_ids())}",
         "--env",
         f"ELEVATE_EXPORTER_LISTEN_ADDRESS=127.0.0.1:{port}",
-        # The hardening the README recommends must not break anything.
+        # The hardening docs/deployment/docker.md recommends must not break anything.
         "--read-only",
         "--cap-drop",
         "ALL",

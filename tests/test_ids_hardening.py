@@ -37,7 +37,7 @@ REFUSED = "elevate_import_refused_imports"
 BY_SOURCE = "elevate_import_source_imports"
 IDS_LOGGER = "elevate_import_exporter.polling.idsfile"
 # The documented limits, written out here rather than imported, so that a changed
-# constant shows up as a failing test and a README to update.
+# constant shows up as a failing test and docs/configuration.md to update.
 SIZE_CAP = 16 * 1024 * 1024
 BAD_LINES_CAP = 20
 # Long enough for any machine; a scrape that blocks on the file never answers.

@@ -253,7 +253,7 @@ def test_the_help_lists_every_exit_status() -> None:
 
 
 def check_document(doc: Any) -> None:
-    """The document's shape, as the README promises it."""
+    """The document's shape, as docs/ids.md (In a pipeline) promises it."""
     assert set(doc) == {"outcome", "exit_code", "elapsed_seconds", "imports"}
     outcomes = {"succeeded": 0, "failed": 1, "api_failing": 3, "unfinished": 4}
     assert outcomes[doc["outcome"]] == doc["exit_code"]

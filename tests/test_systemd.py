@@ -1,6 +1,6 @@
 """The systemd unit in deploy/systemd: systemd accepts it and rates its sandbox, it holds what
-the README promises, and the exporter runs with its command line in what of that sandbox a
-process can set up for itself.
+docs/deployment/systemd.md promises, and the exporter runs with its command line in what of
+that sandbox a process can set up for itself.
 
 Starting the unit under systemd itself needs systemd as PID 1, which CI's container does
 not have; so the exporter runs here as the unit would start it (its ExecStart, Environment=
@@ -279,8 +279,8 @@ def test_systemd_analyze_security_rates_the_unit_ok_and_no_worse_than_measured(
     assert open_checks <= ACCEPTED_EXPOSURE.keys()
 
 
-def test_the_unit_runs_the_readmes_install_with_the_key_as_a_credential() -> None:
-    assert INSTALLED in (REPO / "README.md").read_text()
+def test_the_unit_runs_the_documented_install_with_the_key_as_a_credential() -> None:
+    assert INSTALLED in (REPO / "docs" / "deployment" / "systemd.md").read_text()
     assert only("ExecStart").split()[:2] == [INSTALLED, "run"]
     credential, _, path = only("LoadCredential").partition(":")
     assert path == "/etc/elevate-import-exporter/api-key"

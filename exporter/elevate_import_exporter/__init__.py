@@ -1,3 +1,3 @@
 """Prometheus exporter for the status of Voyado Elevate background imports."""
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"

@@ -1,4 +1,5 @@
-"""The command line: ``run``, ``demo``, ``simulate``, ``status``, ``track`` and ``proxy``.
+"""The command line: ``run``, ``demo``, ``simulate``, ``status``, ``track``, ``proxy`` and
+``hash-password``.
 
 Only ``cli`` imports click. Flags are built from :mod:`elevate_import_exporter.settings.options`'
 table and handed over as raw strings; the configuration decides what a good value is.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import click
 
 from elevate_import_exporter import __version__
-from elevate_import_exporter.cli import exporter, proxy, simulate, status, track
+from elevate_import_exporter.cli import exporter, passwords, proxy, simulate, status, track
 from elevate_import_exporter.cli.common import SetupError
 from elevate_import_exporter.core.allocator import limit_arenas
 
@@ -30,6 +31,7 @@ cli.add_command(simulate.simulate)
 cli.add_command(status.status_command)
 cli.add_command(track.track_command)
 cli.add_command(proxy.proxy_command)
+cli.add_command(passwords.hash_password_command)
 
 
 def main() -> None:

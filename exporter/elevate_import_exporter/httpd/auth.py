@@ -151,6 +151,33 @@ class BasicAuth:
             self._remembered[token] = now + CACHE_SECONDS
 
 
+# What ``hash-password`` makes: the toolkit's documentation uses cost 10, which a check
+# takes tens of milliseconds at, and which the check cache above makes cheap per scrape.
+DEFAULT_COST = 10
+MIN_COST, MAX_COST = 4, 31
+# bcrypt reads no further than 72 bytes: a longer password would be cut without a word
+# (bcrypt 5 refuses it), so a hash of it could not be told from its first 72 bytes' hash.
+MAX_PASSWORD_BYTES = 72
+
+
+class PasswordError(ValueError):
+    """A password or cost that cannot make a hash; the message never holds the password."""
+
+
+def hash_password(password: bytes, cost: int = DEFAULT_COST) -> str:
+    """The bcrypt hash (``$2b$``) of ``password`` for a web config's ``basic_auth_users``."""
+    if not MIN_COST <= cost <= MAX_COST:
+        raise PasswordError(f"the cost must be from {MIN_COST} to {MAX_COST}, got {cost}")
+    if not password:
+        raise PasswordError("the password is empty")
+    if len(password) > MAX_PASSWORD_BYTES:
+        raise PasswordError(
+            f"the password is {len(password)} bytes long; bcrypt takes at most "
+            f"{MAX_PASSWORD_BYTES} (UTF-8) bytes"
+        )
+    return bcrypt.hashpw(password, bcrypt.gensalt(cost)).decode("ascii")
+
+
 def parse_basic(authorization: str | None) -> tuple[bytes, bytes] | None:
     """User and password (UTF-8 bytes) of ``Basic base64(user:password)``, or None if the
     header is missing or not exactly that."""
