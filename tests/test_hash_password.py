@@ -8,7 +8,6 @@ import base64
 import os
 import pty
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from elevate_import_exporter.httpd.auth import BasicAuth, PasswordError, hash_pa
 from elevate_import_exporter.httpd.webconfig import load_web_config
 from elevate_import_exporter.simulator import Simulator
 from tests.conftest import REPO, SIM_KEY, ExporterProcessFor, exporter_env
+from tests.support import need_tool
 
 # A space, a quote, a backslash and letters beyond ASCII: what a shell or an encoder mangles.
 PASSWORD = 'pä55 "wörd"\\ ok'
@@ -235,10 +235,8 @@ def test_at_a_terminal_two_different_entries_are_asked_again_and_neither_shown()
 def test_an_htpasswd_bcrypt_hash_is_accepted_by_the_web_config_and_basic_auth(
     tmp_path: Path,
 ) -> None:
-    htpasswd = shutil.which("htpasswd")
-    if htpasswd is None:
-        # apache2-utils is an alternative users may have, not a tool the test command needs.
-        pytest.skip("htpasswd (apache2-utils) is not installed")
+    # The documented way to make a hash without the exporter's venv (apache2-utils).
+    htpasswd = need_tool("htpasswd")
     made = subprocess.run(
         [htpasswd, "-nbBC", "10", "prometheus", PASSWORD],
         capture_output=True,
