@@ -177,6 +177,7 @@ PROXY_FLAGS = (
     ("--proxy.listen-address", "ELEVATE_EXPORTER_PROXY_LISTEN_ADDRESS", ":10027"),
     ("--web.listen-address", "ELEVATE_EXPORTER_LISTEN_ADDRESS", ":10028"),
     ("--web.config.file", "ELEVATE_EXPORTER_WEB_CONFIG_FILE", None),
+    ("--web.auth-exempt-health", "ELEVATE_EXPORTER_AUTH_EXEMPT_HEALTH", None),
     ("--elevate.cluster-id", "ELEVATE_CLUSTER_ID", None),
     ("--elevate.base-url", "ELEVATE_BASE_URL", None),
     ("--elevate.api", "ELEVATE_API", "web-v2"),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from elevate_import_exporter.httpd.auth import hash_password
 from elevate_import_exporter.settings.options import PROXY_OPTIONS, REGISTRATION_PASSWORD_ENV
 from elevate_import_exporter.simulator import Simulator
 from tests.conftest import REPO, SIM_KEY, ExporterProcess, ExporterProcessFor, exporter_env
@@ -73,7 +74,7 @@ ProxyFor = Callable[..., ProxyProcess]
 def proxy_process(tmp_path: Path) -> Iterator[ProxyFor]:
     started: list[ProxyProcess] = []
 
-    def start(elevate: str, registration: str, *more: str) -> ProxyProcess:
+    def start(elevate: str, registration: str, *more: str, ready: int = 200) -> ProxyProcess:
         port, web = free_port(), free_port()
         env = exporter_env()
         for name in [o.env for o in PROXY_OPTIONS] + [REGISTRATION_PASSWORD_ENV]:
@@ -104,7 +105,7 @@ def proxy_process(tmp_path: Path) -> Iterator[ProxyFor]:
             )
         proxy = ProxyProcess(process, port, f"http://127.0.0.1:{web}", stderr_path)
         started.append(proxy)
-        wait_until(lambda: proxy.ready() == 200, timeout=30, what="the proxy to be ready")
+        wait_until(lambda: proxy.ready() == ready, timeout=30, what=f"/-/ready to answer {ready}")
         return proxy
 
     yield start
@@ -281,3 +282,22 @@ def test_promtool_check_metrics_reports_nothing_on_the_proxys_metrics(
     )
     assert scrape.value("process_open_fds") is not None
     assert_promtool_approves(promtool, text)
+
+
+@pytest.mark.parametrize("exempt", [True, False])
+def test_health_answers_probes_without_credentials_only_when_exempted(
+    simulator: Simulator,
+    exporter: ExporterProcess,
+    proxy_process: ProxyFor,
+    tmp_path: Path,
+    exempt: bool,
+) -> None:
+    config = tmp_path / "web-config.yml"
+    hashed = hash_password(b"probe-password", 4)
+    config.write_text(f"basic_auth_users:\n  prometheus: '{hashed}'\n", encoding="utf-8")
+    flags = ["--web.config.file", str(config), *(["--web.auth-exempt-health"] if exempt else [])]
+    proxy = proxy_process(simulator.url, exporter.url, *flags, ready=200 if exempt else 401)
+    assert proxy.get("/-/healthy")[0] == (200 if exempt else 401)
+    # Only health: the metrics and the page still want credentials.
+    assert proxy.get("/metrics")[0] == 401
+    assert proxy.get("/")[0] == 401

@@ -121,6 +121,7 @@ def proxy_command(**options: Any) -> None:
             drain_timeout=settings.drain_timeout,
             api=settings.api,
             web_config=web_config,
+            auth_exempt_health=settings.auth_exempt_health,
             # The CA bundle the exporter's proxy trusts too (requests reads the same variable).
             ca_bundle=os.environ.get("REQUESTS_CA_BUNDLE") or None,
         )

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # period a manifest gives beyond the drain timeout. What is left then stays in the spool
 # (if there is one) for the next start.
 CLOSE_SECONDS = 30.0
+# What probes ask; --web.auth-exempt-health answers them without basic auth.
+HEALTH_PATHS = ("/-/healthy", "/-/ready")
 # Seconds the telemetry server's loop has to stop once the proxy is done.
 TELEMETRY_STOP_SECONDS = 5.0
 
@@ -110,6 +112,7 @@ class StandaloneProxy:
         drain_timeout: float,
         api: str = "web-v2",
         web_config: WebConfigWatcher | None = None,
+        auth_exempt_health: bool = False,
         ca_bundle: str | None = None,
         close_seconds: float = CLOSE_SECONDS,
     ) -> None:
@@ -153,6 +156,7 @@ class StandaloneProxy:
                 *first,
                 extra_addresses=more,
                 web_config=current,
+                auth_exempt_paths=HEALTH_PATHS if auth_exempt_health else (),
                 tls=tls,
             )
         except Exception:

@@ -131,6 +131,8 @@ class ProxySettings:
     proxy_addresses: tuple[tuple[str, int], ...]
     listen_addresses: tuple[tuple[str, int], ...]
     web_config_file: Path | None
+    # /-/healthy and /-/ready of the telemetry port without basic auth (probes send none).
+    auth_exempt_health: bool
     proxy_timeout: float
     proxy_label_header: str
     drain_timeout: float
@@ -159,6 +161,7 @@ def load_proxy_settings(
     proxy_listen_address: str | Iterable[str] = _proxy_default("proxy_listen_address"),
     listen_address: str | Iterable[str] = _proxy_default("listen_address"),
     web_config_file: str | None = None,
+    auth_exempt_health: bool = False,
     proxy_timeout: str = _proxy_default("proxy_timeout"),
     proxy_label_header: str = _proxy_default("proxy_label_header"),
     drain_timeout: str = _proxy_default("drain_timeout"),
@@ -185,6 +188,7 @@ def load_proxy_settings(
         proxy_addresses=proxy,
         listen_addresses=web,
         web_config_file=Path(web_config_file) if web_config_file else None,
+        auth_exempt_health=bool(auth_exempt_health),
         proxy_timeout=_positive_duration(proxy_timeout, "--proxy.timeout", MAX_PROXY_TIMEOUT),
         proxy_label_header=_header_name(proxy_label_header, "--proxy.label-header"),
         drain_timeout=_duration(drain_timeout, "--proxy.drain-timeout", MAX_DRAIN_TIMEOUT),

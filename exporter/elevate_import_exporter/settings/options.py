@@ -278,6 +278,7 @@ PROXY_OPTIONS = (
         "for the proxy's port and its own /metrics alike. Re-read when it changes and on "
         "SIGHUP.",
     ),
+    _run_option("auth_exempt_health"),
     _run_option("proxy_timeout"),
     _run_option("proxy_label_header"),
     Option(
