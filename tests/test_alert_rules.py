@@ -48,6 +48,8 @@ ALERTS = (
     "ElevateImportErrorBudgetFastBurn",
     "ElevateImportErrorBudgetSlowBurn",
     "ElevateImportFeedQuiet",
+    "ElevateImportProxyRegistrationsLost",
+    "ElevateImportProxyDeliveryStalled",
 )
 IMPORT_ALERTS = ALERTS[:4]
 # The alerts about one import id: they carry its owner labels.
@@ -66,6 +68,16 @@ NEW_LABELS: dict[str, frozenset[str]] = {
     "elevate_import_last_final_timestamp_seconds": frozenset({"type", "status"}) | OWNER_LABELS,
     "elevate_import_labels": frozenset({"id"}) | OWNER_LABELS,
 } | {record: frozenset({"cluster", "job", "type"}) for record in RECORDS}
+# The import proxy's registrations (the standalone proxy's own metrics, and its process
+# start, which the stall alert waits out after a restart).
+PROXY_LABELS: dict[str, frozenset[str]] = {
+    "elevate_import_proxy_registration_failures_total": frozenset(),
+    "elevate_import_proxy_registrations_dropped_total": frozenset({"reason"}),
+    "elevate_import_proxy_registrations_waiting": frozenset(),
+    "elevate_import_proxy_last_delivery_timestamp_seconds": frozenset(),
+    "process_start_time_seconds": frozenset(),
+}
+PROXY_ALERTS = ("ElevateImportProxyRegistrationsLost", "ElevateImportProxyDeliveryStalled")
 
 
 def load_rules() -> list[dict[str, Any]]:
@@ -130,6 +142,9 @@ def test_amtool_accepts_the_example_alertmanager_config() -> None:
         (["alertname=ElevateImportFailed", "team=other", "id=3"], "team-search"),
         (["alertname=ElevateImportFailed", "id=4"], "team-search"),
         (["alertname=ElevateImportErrorBudgetFastBurn", "type=PRODUCTS"], "team-search"),
+        # The proxy's alerts name no import and no team: the default receiver takes them.
+        (["alertname=ElevateImportProxyRegistrationsLost", "reason=queue_full"], "team-search"),
+        (["alertname=ElevateImportProxyDeliveryStalled", "instance=proxy:1"], "team-search"),
     ],
 )
 def test_amtool_routes_an_alert_to_the_receiver_of_its_team(
@@ -230,6 +245,9 @@ def test_rules_name_only_metrics_and_labels_of_the_contract(
                 known = PROMETHEUS_LABELS[selector.metric] or frozenset()
             elif selector.metric in NEW_LABELS:
                 known = NEW_LABELS[selector.metric] | TARGET_LABELS | {"cluster"}
+            elif selector.metric in PROXY_LABELS:
+                assert name in PROXY_ALERTS, (name, selector.metric)
+                known = PROXY_LABELS[selector.metric] | TARGET_LABELS
             else:
                 assert selector.metric in CONTRACT_LABELS, (name, selector.metric)
                 known = CONTRACT_LABELS[selector.metric] | TARGET_LABELS
@@ -299,8 +317,19 @@ def test_every_threshold_is_listed_in_the_header_of_the_rules_file(
     share = re.search(r"> ([\d.]+) # THRESHOLD", rules["ElevateApiServerErrors"]["expr"])
     assert share
     assert share.group(1) in header
+    # The proxy alerts' windows: each named in the header, with every line that holds one.
+    lost = rules["ElevateImportProxyRegistrationsLost"]["expr"]
+    assert re.findall(r"\[(\w+)\]\) > 0 # THRESHOLD", lost) == ["15m", "15m"]
+    stalled = rules["ElevateImportProxyDeliveryStalled"]["expr"]
+    assert re.findall(r"\[(\w+)\]\) > 0 # THRESHOLD", stalled) == ["15m"]
+    assert re.findall(r"_seconds [<>] (\d+) # THRESHOLD", stalled) == ["900", "900"]
+    for name, value in (
+        ("ElevateImportProxyRegistrationsLost", "15m"),
+        ("ElevateImportProxyDeliveryStalled", "15m (900 s)"),
+    ):
+        assert value in header[header.index(f"#   {name}") :].split("\n#   Elevate")[0], name
     # Every line marked THRESHOLD is in a rule the header lists.
-    assert text.count("# THRESHOLD") == sum("for" in r for r in rules.values()) + 2
+    assert text.count("# THRESHOLD") == sum("for" in r for r in rules.values()) + 2 + 2 + 3
     # The generated thresholds are listed with the generator's options.
     for option in ("--quiet-after 26h", "--slo-objective 0.99", "--slo-min-errors 2"):
         assert option in header

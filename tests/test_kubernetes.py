@@ -976,7 +976,7 @@ def test_a_runbook_base_url_changes_every_runbook_url_and_dashboard_link_and_not
     runbook_urls = [p for p in links if p[-1] == "runbook_url"]
     groups = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
     alerts = sum("alert" in rule for group in groups for rule in group["rules"])
-    assert alerts == 12
+    assert alerts == 14
     assert len(runbook_urls) == 2 * alerts  # every alert, in alerts.yml and in the PrometheusRule
     assert len(links) - len(runbook_urls) == 2 * 2  # the dashboard's links, file and ConfigMap
     for path in links:
