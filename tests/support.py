@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import socket
@@ -10,6 +11,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -40,6 +43,19 @@ def need_tool(name: str) -> str:
         missing(f"{name} is not installed")
         raise AssertionError("unreachable")
     return path
+
+
+def prometheus_api(base: str, path: str, **params: str) -> Any:
+    """The ``data`` of a Prometheus HTTP API answer (``/api/v1/<path>``); an error answer
+    fails the test with Prometheus' own words."""
+    url = f"{base}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            body = json.load(answer)
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{url}: {exc.code} {exc.read().decode()}") from exc
+    assert body["status"] == "success", body
+    return body["data"]
 
 
 def assert_promtool_approves(promtool: str, text: str) -> None:

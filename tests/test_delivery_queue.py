@@ -122,6 +122,14 @@ def ids(*names: str) -> list[Registration]:
     return [Registration(name, "PRODUCTS", (("feed", "f"),)) for name in names]
 
 
+def quick_delivery(deliveries: list[Delivery], client: Client) -> Delivery:
+    """A delivery over HTTP whose retries come within hundredths of a second, closed after
+    the test."""
+    delivery = Delivery(http_sender(client), backoff_first=0.01, backoff_max=0.05)
+    deliveries.append(delivery)
+    return delivery
+
+
 def base_of(server: HTTPServer) -> str:
     return f"http://127.0.0.1:{server.port}"
 
@@ -200,10 +208,7 @@ def test_a_refused_batch_is_dropped_and_counted_per_id_and_the_next_is_delivered
 ) -> None:
     receiver = Receiver(answers=[(400, b'{"error": "bad id", "field": "[1].id"}'), (201, None)])
     receiver.serve(httpserver)
-    delivery = Delivery(
-        http_sender(client_for(base_of(httpserver))), backoff_first=0.01, backoff_max=0.05
-    )
-    deliveries.append(delivery)
+    delivery = quick_delivery(deliveries, client_for(base_of(httpserver)))
     delivery.register(ids("r1", "r2", "r3"), "proxy")
     delivery.start()
     wait_until(lambda: delivery.snapshot().dropped["refused"] == 3, what="3 refused")
@@ -220,10 +225,7 @@ def test_throttling_and_server_errors_are_retried_not_dropped(
 ) -> None:
     receiver = Receiver(answers=[(status, b"{}"), (status, b"{}"), (201, None)])
     receiver.serve(httpserver)
-    delivery = Delivery(
-        http_sender(client_for(base_of(httpserver))), backoff_first=0.01, backoff_max=0.05
-    )
-    deliveries.append(delivery)
+    delivery = quick_delivery(deliveries, client_for(base_of(httpserver)))
     delivery.register(ids("t1", "t2"), "proxy")
     delivery.start()
     wait_until(lambda: delivery.snapshot().delivered == 2, what="delivered after retries")
@@ -289,10 +291,7 @@ def test_a_garbage_answer_is_retried_until_a_real_one_comes(
         answers=[(200, b"<html>a login page</html>"), (200, b'{"imports": []}'), (201, None)]
     )
     receiver.serve(httpserver)
-    delivery = Delivery(
-        http_sender(client_for(base_of(httpserver))), backoff_first=0.01, backoff_max=0.05
-    )
-    deliveries.append(delivery)
+    delivery = quick_delivery(deliveries, client_for(base_of(httpserver)))
     delivery.register(ids("g1"), "proxy")
     delivery.start()
     wait_until(lambda: delivery.snapshot().delivered == 1, what="delivered after garbage")
@@ -407,10 +406,7 @@ def test_the_metrics_name_every_family_of_the_brief_with_both_drop_reasons(
     from prometheus_client import CollectorRegistry, generate_latest
 
     Receiver().serve(httpserver)
-    delivery = Delivery(
-        http_sender(client_for(base_of(httpserver))), backoff_first=0.01, backoff_max=0.05
-    )
-    deliveries.append(delivery)
+    delivery = quick_delivery(deliveries, client_for(base_of(httpserver)))
     registry = CollectorRegistry()
     registry.register(DeliveryCollector(delivery))
     before = generate_latest(registry).decode()
@@ -449,10 +445,7 @@ def test_an_exporter_older_than_accepted_at_gets_the_ids_without_it_and_loses_no
         return receiver(request)
 
     httpserver.expect_request(IMPORTS, method="POST").respond_with_handler(handler)
-    delivery = Delivery(
-        http_sender(client_for(base_of(httpserver))), backoff_first=0.01, backoff_max=0.05
-    )
-    deliveries.append(delivery)
+    delivery = quick_delivery(deliveries, client_for(base_of(httpserver)))
     delivery.register(ids("o1", "o2"), "proxy")
     delivery.start()
     wait_until(lambda: delivery.snapshot().delivered == 2, what="both delivered")
@@ -473,10 +466,7 @@ def test_a_400_about_another_field_still_drops_the_batch(
 ) -> None:
     receiver = Receiver(answers=[(400, b'{"error": "bad id", "field": "[0].id"}'), (201, None)])
     receiver.serve(httpserver)
-    delivery = Delivery(
-        http_sender(client_for(base_of(httpserver))), backoff_first=0.01, backoff_max=0.05
-    )
-    deliveries.append(delivery)
+    delivery = quick_delivery(deliveries, client_for(base_of(httpserver)))
     delivery.register(ids("x1"), "proxy")
     delivery.start()
     wait_until(lambda: delivery.snapshot().dropped["refused"] == 1, what="the batch refused")

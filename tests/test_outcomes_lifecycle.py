@@ -12,6 +12,7 @@ import sqlite3
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -163,17 +164,7 @@ def test_an_import_is_measured_from_its_start_when_known_else_only_when_seen_bef
     assert finish is not None
     assert (queue, finish.duration) == (None, None)
     # With its start known (accepted 10 minutes before it was first seen).
-    started = ImportRecord(
-        "1",
-        "api",
-        T0,
-        "ADS",
-        status="SUCCESS",
-        status_since=T0 + 90,
-        final_at=T0 + 90,
-        left_queue_at=T0 + 90,
-        started_at=T0 - 600,
-    )
+    started = replace(done, started_at=T0 - 600)
     queue, finish = changes(None, started)
     assert finish is not None
     assert finish.duration == 690

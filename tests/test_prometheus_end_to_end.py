@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from elevate_import_exporter.proxy.delivery import Delivery, DeliveryCollector
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from tests.support import free_port, need_tool, scrape, stop_process, wait_until
+from tests.support import free_port, need_tool, prometheus_api, scrape, stop_process, wait_until
 from tests.test_dashboard import (
     AGE_PANEL,
     BUDGET,
@@ -134,14 +134,7 @@ class Stack:
             )
 
     def api(self, path: str, **params: str) -> Any:
-        url = f"{self.prometheus_url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as answer:
-                body = json.load(answer)
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"{url}: {exc.code} {exc.read().decode()}") from exc
-        assert body["status"] == "success", body
-        return body["data"]
+        return prometheus_api(self.prometheus_url, path, **params)
 
     def values(self, query: str) -> list[tuple[dict[str, str], float]]:
         """An instant query's samples: labels and value."""

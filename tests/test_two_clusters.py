@@ -18,14 +18,10 @@ staging's exporter not running.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import subprocess
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -39,7 +35,7 @@ import yaml
 
 import tests.test_kubernetes as manifests
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from tests.support import free_port, need_tool, stop_process, wait_until
+from tests.support import free_port, need_tool, prometheus_api, stop_process, wait_until
 from tests.test_dashboard import (
     CURRENT_TABLE,
     FAILED_TABLE,
@@ -379,14 +375,7 @@ class Prometheus:
     logs: list[Path]
 
     def api(self, path: str, **params: str) -> Any:
-        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as answer:
-                body = json.load(answer)
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"{url}: {exc.code} {exc.read().decode()}") from exc
-        assert body["status"] == "success", body
-        return body["data"]
+        return prometheus_api(self.url, path, **params)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.api("query", query=expr)["result"]

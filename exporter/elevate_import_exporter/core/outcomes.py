@@ -289,7 +289,7 @@ class Outcomes:
         """The values an import was published with; admitted now if it never was."""
         with self._lock:
             values = self._ids.get(import_id)
-        return values if values is not None else self._values_locked(labels)
+            return values if values is not None else self._values(labels, count=False)
 
     def left_queue(self, import_id: str, event: LeftQueue) -> None:
         values = self.values_of(import_id, event.labels)
@@ -348,10 +348,6 @@ class Outcomes:
             return self._view
 
     # -- admission ----------------------------------------------------------------------
-
-    def _values_locked(self, labels: Labels) -> Values:
-        with self._lock:
-            return self._values(labels, count=False)
 
     def _values(self, labels: Labels, *, count: bool) -> Values:
         if not self.names:
