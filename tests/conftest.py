@@ -7,6 +7,7 @@ only a process shows: exit status, signals, stderr, environment variables.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -141,6 +142,18 @@ class ExporterProcess:
 
     def get(self, path: str, **headers: str) -> tuple[int, str]:
         request = urllib.request.Request(self.url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode("utf-8")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode("utf-8", "replace")
+
+    def post_json(self, path: str, document: object) -> tuple[int, str]:
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(document).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, response.read().decode("utf-8")

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from pytest_httpserver import HTTPServer
 
 from elevate_import_exporter.cli import cli
+from elevate_import_exporter.core.logs import redacting
+from elevate_import_exporter.lifecycle.registration import RegistrationError, parse
 from elevate_import_exporter.settings.config import ConfigError, load_settings
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import EXPORTER_ENV, ExporterProcess, ExporterProcessFor
@@ -213,3 +215,55 @@ def test_the_command_line_does_not_print_the_key_on_a_configuration_error(
     result = CliRunner().invoke(cli, ["run"], env=env)
     assert result.exit_code == 2
     assert KEY not in result.output
+
+
+def test_a_registration_that_carries_the_exporters_key_stores_and_shows_it_nowhere(
+    exporter_process: ExporterProcessFor, httpserver: HTTPServer
+) -> None:
+    doc = {"id": "1001", "status": "RUNNING", "type": "PRODUCTS", "message": ""}
+    base_url = echo_server(httpserver, 200, json.dumps(doc), "application/json")
+    proc = exporter_process(
+        "--elevate.base-url",
+        base_url,
+        "--web.enable-registration",
+        "--imports.metric-labels",
+        "team,feed_name",
+        "--log.level",
+        "debug",
+        env={"ELEVATE_API_KEY": KEY},
+    )
+    # A feed job that put its key where a label goes: plainly, URL-escaped, inside a JSON
+    # text. Whoever reads /metrics or the page must not learn it from them.
+    escaped = "%" + "%".join(f"{ord(c):02X}" for c in KEY)
+    body = [
+        {"id": "1001", "type": f"PRODUCTS {KEY}", "labels": {"team": KEY}},
+        {"id": "1002", "type": "PRICES", "labels": {"feed_name": f"nightly?key={escaped}"}},
+        {"id": "1003", "labels": {"team": json.dumps({"key": KEY})}},
+    ]
+    status, answer = proc.post_json("/api/v1/imports", body)
+    assert status == 201, answer
+    status, listed = proc.get("/api/v1/imports")
+    assert status == 200
+    records = {r["id"]: r for r in json.loads(listed)["imports"]}
+    assert records["1001"]["type"] == "PRODUCTS <redacted>"
+    assert records["1001"]["labels"] == {"team": "<redacted>"}
+    assert records["1002"]["labels"] == {"feed_name": "nightly?key=<redacted>"}
+    page = Scrape(proc.get("/metrics")[1])
+    assert page.value("elevate_import_labels", id="1001", team="<redacted>", feed_name="") == 1
+    assert KEY not in listed
+    assert escaped not in listed
+    assert_no_key_anywhere(proc)
+
+
+def test_an_id_that_holds_the_exporters_key_is_refused_naming_the_field_not_the_key() -> None:
+    body = json.dumps({"id": f"id-{KEY}", "type": "PRODUCTS"}).encode()
+
+    def any_id(_: str) -> bool:
+        return True
+
+    with pytest.raises(RegistrationError) as refused:
+        parse(body, any_id, "any text", redact=redacting([KEY]))
+    assert refused.value.field == "id"
+    assert KEY not in str(refused.value)
+    # Without the exporter's key in the redaction the same id is taken.
+    assert [r.id for r in parse(body, any_id, "any text")] == [f"id-{KEY}"]

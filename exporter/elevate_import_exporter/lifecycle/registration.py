@@ -16,6 +16,7 @@ from typing import Any
 
 from elevate_import_exporter.core.model import one_line
 from elevate_import_exporter.core.records import (
+    MAX_LABEL_VALUE_CHARS,
     FieldError,
     Registration,
     checked_labels,
@@ -68,17 +69,24 @@ def content_type_error(value: str | None) -> str | None:
 
 
 def parse(
-    body: bytes, valid_id: IdCheck, id_rule: str, now: float | None = None
+    body: bytes,
+    valid_id: IdCheck,
+    id_rule: str,
+    now: float | None = None,
+    redact: Callable[[str], str] = str,
 ) -> list[Registration]:
     """The registrations of a body: one JSON object, or an array of 1 to 1000 of them.
     ``now``: the time accepted_at must not be later than (by more than an allowance).
+    ``redact``: takes the exporter's own secrets out of the type and the label values,
+    which are stored and shown on /metrics and the page, where the key never is; an id
+    that holds one is refused (an id is shown as given or not at all).
 
     Raises :class:`RegistrationError` for the first thing wrong.
     """
     document = _decode(body)
     latest = (time.time() if now is None else now) + CLOCK_ALLOWANCE
     if isinstance(document, dict):
-        return [_registration(document, "", valid_id, id_rule, latest)]
+        return [_registration(document, "", valid_id, id_rule, latest, redact)]
     if not isinstance(document, list):
         raise RegistrationError("the body must be a JSON object or an array of objects")
     if not document:
@@ -86,7 +94,8 @@ def parse(
     if len(document) > MAX_IMPORTS:
         raise RegistrationError(f"at most {MAX_IMPORTS} imports per request, got {len(document)}")
     return [
-        _registration(item, f"[{n}].", valid_id, id_rule, latest) for n, item in enumerate(document)
+        _registration(item, f"[{n}].", valid_id, id_rule, latest, redact)
+        for n, item in enumerate(document)
     ]
 
 
@@ -153,7 +162,12 @@ def accepted_time(value: Any, latest: float, field: str = "accepted_at") -> floa
 
 
 def _registration(
-    item: Any, where: str, valid_id: IdCheck, id_rule: str, latest: float
+    item: Any,
+    where: str,
+    valid_id: IdCheck,
+    id_rule: str,
+    latest: float,
+    redact: Callable[[str], str],
 ) -> Registration:
     if not isinstance(item, dict):
         raise RegistrationError("each import must be a JSON object", where.rstrip(".") or None)
@@ -173,6 +187,11 @@ def _registration(
         labels = checked_labels(item.get("labels", {}), where + "labels")
     except FieldError as exc:
         raise RegistrationError(exc.message, exc.field) from None
+    if redact(import_id) != import_id:
+        raise RegistrationError("id must not hold the exporter's Elevate key", where + "id")
+    # Cut again: the redaction mark may be longer than what it replaced.
+    kind = redact(kind)[:MAX_TYPE_CHARS]
+    labels = tuple((name, redact(text)[:MAX_LABEL_VALUE_CHARS]) for name, text in labels)
     accepted = item.get("accepted_at")
     if accepted is not None or "accepted_at" in item:
         accepted = accepted_time(accepted, latest, where + "accepted_at")

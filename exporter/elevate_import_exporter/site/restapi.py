@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
+from elevate_import_exporter.core.logs import redacting
 from elevate_import_exporter.core.model import id_rule, one_line
 from elevate_import_exporter.core.records import (
     SOURCES,
@@ -119,6 +120,7 @@ class RestApi:
 
     ``enabled``: whether POST and DELETE may change anything (``--web.enable-registration``).
     ``flavour``: the Elevate API (``--elevate.api``), whose id rule ids must follow.
+    ``secrets``: the exporter's own (its Elevate key), never stored or shown from a body.
     A :class:`~elevate_import_exporter.core.records.CatalogError` (the store cannot take or give
     anything now) is a 503.
     """
@@ -128,9 +130,11 @@ class RestApi:
         catalog: Catalog,
         enabled: bool,
         flavour: str,
+        secrets: Sequence[str] = (),
     ) -> None:
         self._catalog = catalog
         self._enabled = enabled
+        self._secrets = secrets
         self._valid_id, self._id_rule = id_rule(flavour)
 
     def answer(self, request: Request) -> Answer:
@@ -199,7 +203,8 @@ class RestApi:
             self._catalog.count("invalid")
             return error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, problem, "Content-Type")
         try:
-            registrations = parse(request.body, self._valid_id, self._id_rule)
+            redact = redacting(self._secrets)
+            registrations = parse(request.body, self._valid_id, self._id_rule, redact=redact)
         except RegistrationError as exc:
             self._catalog.count("invalid")
             return error(HTTPStatus.BAD_REQUEST, exc.message, exc.field)

@@ -127,7 +127,13 @@ class SiteRoutes:
 
     def _rest_api(self) -> restapi.RestApi:
         site = self.site
-        return restapi.RestApi(site.catalog, site.registration_enabled, site.settings.api)
+        settings = site.settings
+        return restapi.RestApi(
+            site.catalog,
+            site.registration_enabled,
+            settings.api,
+            (settings.api_key.reveal(),),
+        )
 
     def _api(self, request: Request) -> Answer:
         answer = self._rest_api().answer(_rest_request(request))
