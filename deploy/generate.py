@@ -135,7 +135,7 @@ def checked_metric_labels(text: str) -> tuple[str, ...]:
     """The names of ``--metric-labels``, held to the exporter's own rules for its allowlist."""
     names = tuple(name.strip() for name in text.split(",")) if text.strip() else ()
     for name in names:
-        if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+        if not _LABEL_NAME.fullmatch(name) or name.startswith("__") or len(name) > 64:
             raise GenerateError(f"--metric-labels {text!r}: {name!r} is not a label name")
         if name in RESERVED_LABELS:
             raise GenerateError(f"--metric-labels {text!r}: {name!r} is reserved")

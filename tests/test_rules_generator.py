@@ -7,6 +7,7 @@ Every run writes into tmp_path (--output-dir); the shipped files are what the de
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from elevate_import_exporter.core import outcomes
 from tests.support import need_tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -335,3 +337,57 @@ def quiet_thresholds(node: Any) -> list[int]:
         for item in node:
             found += quiet_thresholds(item)
     return found
+
+
+def the_generator() -> Any:
+    """deploy/generate.py as a module: it runs outside the venv, so it cannot import the
+    exporter's rules and keeps its own copy of them."""
+    spec = importlib.util.spec_from_file_location("deploy_generate", GENERATOR)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generator_keeps_the_exporters_reserved_names_and_limit() -> None:
+    generator = the_generator()
+    assert frozenset(outcomes.RESERVED_LABELS) == generator.RESERVED_LABELS
+    assert generator.MAX_METRIC_LABELS == outcomes.MAX_METRIC_LABELS
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        "team",
+        "feed_name,team,owner,tier",
+        "feed_name,team,owner,tier,extra",
+        "team,team",
+        "__team",
+        "_team",
+        "Team",
+        "9team",
+        "te-am",
+        "cluster",
+        "le",
+        "a" * 64,
+        "a" * 65,
+    ],
+)
+def test_the_generator_accepts_exactly_the_metric_labels_the_exporter_accepts(
+    names: str,
+) -> None:
+    generator = the_generator()
+    listed = [name.strip() for name in names.split(",")]
+    try:
+        outcomes.checked_names(listed)
+        exporter_takes = True
+    except outcomes.LabelNameError:
+        exporter_takes = False
+    try:
+        generator.checked_metric_labels(names)
+        generator_takes = True
+    except generator.GenerateError:
+        generator_takes = False
+    assert generator_takes == exporter_takes
