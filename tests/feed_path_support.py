@@ -1,46 +1,32 @@
-"""Real processes for the feed path's tests: the standalone proxy, feed jobs that upload
-through it, and registration targets that misbehave.
+"""Real processes for the feed path's tests: feed jobs that upload through the standalone
+proxy (tests/standalone_proxy.py), and registration targets that misbehave.
 
-The proxy runs as ``python -m elevate_import_exporter proxy``: its feed port takes the
-uploads, its web port has /metrics, /-/healthy and /-/ready. Elevate is the project's
-simulator, started in the test process so that its record of every upload (bytes, SHA-256,
-the answer) can be read; it is still a real HTTP server on loopback.
+Elevate is the project's simulator, started in the test process so that its record of every
+upload (bytes, SHA-256, the answer) can be read; it is still a real HTTP server on loopback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import json
 import random
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.conftest import REPO, SIM_KEY, ExporterProcess, exporter_env
-from tests.support import Scrape, free_port, wait_until
+from tests.conftest import SIM_KEY, ExporterProcess
+from tests.standalone_proxy import LABEL_HEADER
+from tests.support import free_port, wait_until
 
 FEED_PATH = "/api/v2/import/products"
-LABEL_HEADER = "X-Feed-Name"
 MIB = 1024 * 1024
 # More than the simulator's 64 bytes: an import that outlasts its request, answered 202.
 _FEED_BODY = json.dumps([{"sku": n, "title": f"product {n}"} for n in range(40)]).encode()
-
-WAITING = "elevate_import_proxy_registrations_waiting"
-DELIVERED = "elevate_import_proxy_registrations_delivered_total"
-RETRIES = "elevate_import_proxy_registration_retries_total"
-DROPPED = "elevate_import_proxy_registrations_dropped_total"
 
 
 @dataclass(frozen=True)
@@ -116,126 +102,6 @@ class FeedJob:
 
 def accepted_ids(outcomes: list[Outcome]) -> list[str]:
     return [o.import_id for o in outcomes if o.import_id is not None]
-
-
-@dataclass
-class ProxyProcess:
-    """``elevate-import-exporter proxy`` in a child process; stderr (JSON lines) in a file."""
-
-    process: subprocess.Popen[bytes]
-    feed_port: int
-    web_url: str
-    stderr_path: Path
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.stderr().splitlines():
-            with contextlib.suppress(ValueError):
-                document = json.loads(line)
-                if isinstance(document, dict):
-                    lines.append(document)
-        return lines
-
-    def warnings(self) -> list[str]:
-        return [line["msg"] for line in self.log_lines() if line.get("level") == "warning"]
-
-    def ready_status(self) -> int | None:
-        """What /-/ready answers; None if the web port does not answer at all."""
-        try:
-            with urllib.request.urlopen(self.web_url + "/-/ready", timeout=10) as response:
-                status: int = response.status
-                return status
-        except urllib.error.HTTPError as error:
-            return error.code
-        except OSError:
-            return None
-
-    def wait_ready(self, timeout: float = 40.0) -> None:
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                pytest.fail(f"the proxy exited with {self.process.returncode}:\n{self.stderr()}")
-            return self.ready_status() == 200
-
-        wait_until(ready, timeout=timeout, interval=0.1, what=f"the proxy at {self.web_url}")
-
-    def metrics(self) -> Scrape:
-        with urllib.request.urlopen(self.web_url + "/metrics", timeout=30) as response:
-            return Scrape(response.read().decode("utf-8"))
-
-    def value(self, name: str, **labels: str) -> float:
-        """A sample of the proxy's metrics; a series that is not there fails the test."""
-        found = self.metrics().value(name, **labels)
-        assert found is not None, f"the proxy publishes no {name} {labels or ''}"
-        return found
-
-    def dropped(self) -> float:
-        return sum(self.metrics().series(DROPPED).values())
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(30)
-
-
-class Proxies:
-    """Standalone proxies started by a test, all killed when it ends."""
-
-    def __init__(self, folder: Path) -> None:
-        self._folder = folder
-        self._started: list[ProxyProcess] = []
-
-    def start(
-        self,
-        elevate_url: str,
-        registration_url: str,
-        *extra: str,
-        wait: bool = True,
-    ) -> ProxyProcess:
-        feed_port, web_port = free_port(), free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "elevate_import_exporter",
-            "proxy",
-            "--proxy.listen-address",
-            f"127.0.0.1:{feed_port}",
-            "--web.listen-address",
-            f"127.0.0.1:{web_port}",
-            "--elevate.base-url",
-            elevate_url,
-            "--proxy.label-header",
-            LABEL_HEADER,
-            "--registration.url",
-            registration_url,
-            "--log.format",
-            "json",
-            *extra,
-        ]
-        # A proxy is stateless: no store, and no key of its own (the feed's is forwarded).
-        env = exporter_env()
-        env.pop("ELEVATE_EXPORTER_STORAGE_PATH", None)
-        stderr_path = self._folder / f"proxy-{len(self._started)}.stderr"
-        with stderr_path.open("wb") as stderr:
-            process = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        proxy = ProxyProcess(process, feed_port, f"http://127.0.0.1:{web_port}", stderr_path)
-        self._started.append(proxy)
-        if wait:
-            proxy.wait_ready()
-        return proxy
-
-    def kill_all(self) -> None:
-        for proxy in self._started:
-            if proxy.process.poll() is None:
-                proxy.kill()
 
 
 ExporterStart = Callable[..., ExporterProcess]

@@ -19,20 +19,16 @@ import pytest
 from elevate_import_exporter.simulator import Simulator
 from tests.conftest import SIM_KEY, ExporterProcessFor
 from tests.feed_path_support import (
-    DELIVERED,
-    DROPPED,
-    RETRIES,
-    WAITING,
     FeedJob,
     Halves,
     HostileRegistry,
-    Proxies,
     RegistrationTarget,
     accepted_ids,
     assert_each_once,
     new_upload_outcome,
     push_feed,
 )
+from tests.standalone_proxy import DELIVERED, DROPPED, RETRIES, WAITING, Proxies
 from tests.support import free_port, wait_until
 
 # The figures: the exporter is restarted 20 s after the SIGKILL (uploads go on
@@ -51,7 +47,7 @@ UPLOAD_SECONDS = 5.0
 def proxies(tmp_path: Path) -> Iterator[Proxies]:
     started = Proxies(tmp_path)
     yield started
-    started.kill_all()
+    started.stop_all()
 
 
 @pytest.fixture

@@ -13,13 +13,10 @@ from pathlib import Path
 
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import SIM_KEY, ExporterProcess, ExporterProcessFor
+from tests.standalone_proxy import ProxyFor, proxy_process  # noqa: F401 (a fixture)
 from tests.support import Scrape, free_port, scrape, wait_until
 from tests.test_proxy import FEED, send
-from tests.test_proxy_command_process import (  # noqa: F401 (a fixture)
-    UPLOAD_PATH,
-    ProxyFor,
-    proxy_process,
-)
+from tests.test_proxy_command_process import UPLOAD_PATH
 
 # One type per source, so that each series is one import's.
 FLAG, FILE, API, PROXY = "F1", "D1", "R1", "proxy"
@@ -204,7 +201,7 @@ def test_the_standalone_proxy_carries_the_time_of_its_202_to_an_exporter_that_co
 ) -> None:
     port = free_port()
     proxy = proxy_process(simulator.url, f"http://127.0.0.1:{port}")
-    got = send(proxy.port, "POST", UPLOAD_PATH, FEED, {"Api-Key": SIM_KEY})
+    got = send(proxy.feed_port, "POST", UPLOAD_PATH, FEED, {"Api-Key": SIM_KEY})
     assert got.status == 202, got.body
     import_id = json.loads(got.body)["id"]
     # The exporter is not there yet: the delivery waits and tries again.

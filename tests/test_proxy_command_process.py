@@ -8,109 +8,19 @@ import hashlib
 import json
 import signal
 import socket
-import subprocess
-import sys
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from elevate_import_exporter.httpd.auth import hash_password
-from elevate_import_exporter.settings.options import PROXY_OPTIONS, REGISTRATION_PASSWORD_ENV
 from elevate_import_exporter.simulator import Simulator
-from tests.conftest import REPO, SIM_KEY, ExporterProcess, ExporterProcessFor, exporter_env
-from tests.support import (
-    Scrape,
-    assert_promtool_approves,
-    free_port,
-    need_tool,
-    stop_process,
-    wait_until,
-)
+from tests.conftest import SIM_KEY, ExporterProcess, ExporterProcessFor
+from tests.standalone_proxy import ProxyFor, proxy_process  # noqa: F401 (a fixture)
+from tests.support import Scrape, assert_promtool_approves, free_port, need_tool, wait_until
 from tests.test_proxy import FEED, send
 
 MIB = 1024 * 1024
 UPLOAD_PATH = "/api/v2/import/products"
-
-
-@dataclass
-class ProxyProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    web: str
-    stderr_path: Path
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.web + path, timeout=30) as response:
-                return response.status, response.read().decode("utf-8")
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode("utf-8", "replace")
-
-    def ready(self) -> int | None:
-        if self.process.poll() is not None:
-            pytest.fail(f"the proxy exited with {self.process.returncode}:\n{self.stderr()}")
-        try:
-            return self.get("/-/ready")[0]
-        except OSError:
-            return None
-
-    def metrics(self) -> Scrape:
-        status, text = self.get("/metrics")
-        assert status == 200, text
-        return Scrape(text)
-
-
-ProxyFor = Callable[..., ProxyProcess]
-
-
-@pytest.fixture
-def proxy_process(tmp_path: Path) -> Iterator[ProxyFor]:
-    started: list[ProxyProcess] = []
-
-    def start(elevate: str, registration: str, *more: str, ready: int = 200) -> ProxyProcess:
-        port, web = free_port(), free_port()
-        env = exporter_env()
-        for name in [o.env for o in PROXY_OPTIONS] + [REGISTRATION_PASSWORD_ENV]:
-            env.pop(name, None)
-        stderr_path = tmp_path / f"proxy-{len(started)}.stderr"
-        with stderr_path.open("wb") as stderr:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "elevate_import_exporter",
-                    "proxy",
-                    "--elevate.base-url",
-                    elevate,
-                    "--registration.url",
-                    registration,
-                    "--proxy.listen-address",
-                    f"127.0.0.1:{port}",
-                    "--web.listen-address",
-                    f"127.0.0.1:{web}",
-                    *more,
-                ],
-                env=env,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        proxy = ProxyProcess(process, port, f"http://127.0.0.1:{web}", stderr_path)
-        started.append(proxy)
-        wait_until(lambda: proxy.ready() == ready, timeout=30, what=f"/-/ready to answer {ready}")
-        return proxy
-
-    yield start
-    for proxy in started:
-        stop_process(proxy.process, grace=60)
 
 
 @pytest.fixture
@@ -132,11 +42,13 @@ def record_at(exporter: ExporterProcess, import_id: str) -> dict[str, object] | 
 
 
 def test_an_upload_through_the_proxy_reaches_elevate_and_its_id_is_tracked_with_source_proxy(
-    simulator: Simulator, exporter: ExporterProcess, proxy_process: ProxyFor
+    simulator: Simulator,
+    exporter: ExporterProcess,
+    proxy_process: ProxyFor,  # noqa: F811
 ) -> None:
     proxy = proxy_process(simulator.url, exporter.url)
     got = send(
-        proxy.port,
+        proxy.feed_port,
         "POST",
         UPLOAD_PATH + "?name=nightly",
         FEED,
@@ -166,11 +78,12 @@ def test_an_upload_through_the_proxy_reaches_elevate_and_its_id_is_tracked_with_
 
 
 def test_with_the_exporter_down_the_feed_is_answered_and_its_id_waits_on_the_metrics(
-    simulator: Simulator, proxy_process: ProxyFor
+    simulator: Simulator,
+    proxy_process: ProxyFor,  # noqa: F811
 ) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     proxy = proxy_process(simulator.url, nowhere)
-    got = send(proxy.port, "POST", UPLOAD_PATH, FEED, {"Api-Key": SIM_KEY})
+    got = send(proxy.feed_port, "POST", UPLOAD_PATH, FEED, {"Api-Key": SIM_KEY})
     assert got.status == 202, got.body
     assert len(simulator.uploads) == 1
     scrape = proxy.metrics()
@@ -180,7 +93,9 @@ def test_with_the_exporter_down_the_feed_is_answered_and_its_id_waits_on_the_met
 
 
 def test_the_proxys_own_port_answers_health_a_page_naming_its_upstream_and_404(
-    simulator: Simulator, exporter: ExporterProcess, proxy_process: ProxyFor
+    simulator: Simulator,
+    exporter: ExporterProcess,
+    proxy_process: ProxyFor,  # noqa: F811
 ) -> None:
     proxy = proxy_process(simulator.url, exporter.url)
     assert proxy.get("/-/healthy")[0] == 200
@@ -196,11 +111,13 @@ def test_the_proxys_own_port_answers_health_a_page_naming_its_upstream_and_404(
 
 
 def test_sigterm_turns_ready_to_503_refuses_new_feeds_lets_the_upload_finish_and_exits_0(
-    simulator: Simulator, exporter: ExporterProcess, proxy_process: ProxyFor
+    simulator: Simulator,
+    exporter: ExporterProcess,
+    proxy_process: ProxyFor,  # noqa: F811
 ) -> None:
     proxy = proxy_process(simulator.url, exporter.url)
     first, second = b"a" * (2 * MIB), b"b" * (2 * MIB)
-    feed = socket.create_connection(("127.0.0.1", proxy.port), timeout=60)
+    feed = socket.create_connection(("127.0.0.1", proxy.feed_port), timeout=60)
     try:
         head = (
             f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: elevate\r\nApi-Key: {SIM_KEY}\r\n"
@@ -212,8 +129,8 @@ def test_sigterm_turns_ready_to_503_refuses_new_feeds_lets_the_upload_finish_and
             what="the upload to be in flight",
         )
         proxy.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: proxy.ready() == 503, timeout=10, what="/-/ready to answer 503")
-        wait_until(lambda: _refused(proxy.port), timeout=10, what="new feeds to be refused")
+        wait_until(lambda: proxy.ready_status() == 503, timeout=10, what="/-/ready to answer 503")
+        wait_until(lambda: _refused(proxy.feed_port), timeout=10, what="new feeds to be refused")
         assert proxy.process.poll() is None  # still draining the upload in flight
         feed.sendall(second)
         answer = _read_answer(feed)
@@ -260,12 +177,14 @@ def _read_answer(sock: socket.socket) -> bytes:
 
 
 def test_promtool_check_metrics_reports_nothing_on_the_proxys_metrics(
-    simulator: Simulator, exporter: ExporterProcess, proxy_process: ProxyFor
+    simulator: Simulator,
+    exporter: ExporterProcess,
+    proxy_process: ProxyFor,  # noqa: F811
 ) -> None:
     promtool = need_tool("promtool")
     proxy = proxy_process(simulator.url, exporter.url)
-    assert send(proxy.port, "POST", UPLOAD_PATH, FEED, {"Api-Key": SIM_KEY}).status == 202
-    assert send(proxy.port, "POST", UPLOAD_PATH, FEED, {"Api-Key": "wrong"}).status == 403
+    assert send(proxy.feed_port, "POST", UPLOAD_PATH, FEED, {"Api-Key": SIM_KEY}).status == 202
+    assert send(proxy.feed_port, "POST", UPLOAD_PATH, FEED, {"Api-Key": "wrong"}).status == 403
 
     def counted() -> tuple[int, str] | None:
         # A request counts once the proxy is done with it, which may be after the answer.
@@ -288,7 +207,7 @@ def test_promtool_check_metrics_reports_nothing_on_the_proxys_metrics(
 def test_health_answers_probes_without_credentials_only_when_exempted(
     simulator: Simulator,
     exporter: ExporterProcess,
-    proxy_process: ProxyFor,
+    proxy_process: ProxyFor,  # noqa: F811
     tmp_path: Path,
     exempt: bool,
 ) -> None:
