@@ -51,6 +51,9 @@ def _logfmt_value(value: str) -> str:
 
 
 REDACTED = "<redacted>"
+# Secrets shorter than this are not looked for in text a client gave: a key or password
+# "P" would take every P out of a type or a label, and shows little in any case.
+MIN_SECRET_CHARS = 4
 
 # One escape each, whole, as JSON (and JavaScript), HTML and URL encoders write them; a
 # UTF-8 character's bytes together.

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from elevate_import_exporter.core.logs import redacting
+from elevate_import_exporter.core.logs import MIN_SECRET_CHARS, redacting
 from elevate_import_exporter.core.model import id_rule
 from elevate_import_exporter.core.records import Registration
 from elevate_import_exporter.httpd.auth import CHALLENGE, RETRY_AFTER, Verdict
@@ -53,9 +53,6 @@ MAX_CONNECTIONS = 64
 TURN_SECONDS = 0.25
 # Headers whose values are secrets: never a label, whatever --proxy.label-header says.
 SECRET_HEADERS = frozenset({"api-key", "authorization", "proxy-authorization", "cookie"})
-# Pieces of a request's secrets shorter than this are not looked for in its answer: a
-# password "P" would take every P out of a type, and shows little in any case.
-MIN_SECRET_CHARS = 4
 
 Register = Callable[[Sequence[Registration], str], list[bool]]
 

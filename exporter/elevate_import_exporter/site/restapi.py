@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
-from elevate_import_exporter.core.logs import redacting
+from elevate_import_exporter.core.logs import MIN_SECRET_CHARS, redacting
 from elevate_import_exporter.core.model import id_rule, one_line
 from elevate_import_exporter.core.records import (
     SOURCES,
@@ -203,7 +203,7 @@ class RestApi:
             self._catalog.count("invalid")
             return error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, problem, "Content-Type")
         try:
-            redact = redacting(self._secrets)
+            redact = redacting(s for s in self._secrets if len(s) >= MIN_SECRET_CHARS)
             registrations = parse(request.body, self._valid_id, self._id_rule, redact=redact)
         except RegistrationError as exc:
             self._catalog.count("invalid")
