@@ -256,3 +256,54 @@ def test_a_connection_is_closed_when_its_head_does_not_come_within_the_header_ti
         began = time.monotonic()
         assert closed(sock)
     assert time.monotonic() - began < WAIT
+
+
+def test_a_newcomer_does_not_push_out_a_connection_that_has_only_just_come(
+    serve: Serve,
+) -> None:
+    # Both places are taken by connections whose heads are still coming; a third client
+    # knocks. Closing one of the first two for it would gain nothing (the newcomer is no
+    # likelier to be a real client), and under a flood every client would be pushed out
+    # before its head was read: the newcomer waits in the backlog instead.
+    connections = serve(max_connections=2, evict_after=WAIT * 3)
+    first, second = connect(connections), connect(connections)
+    newcomer = connect(connections)
+    try:
+        for sock in (first, second):
+            sock.sendall(b"POST /early HTTP/1.1\r\nHost: x\r\n")
+        newcomer.sendall(b"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        deadline = time.monotonic() + WAIT
+        while connections.open < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert connections.open == 2
+        for sock in (first, second):
+            sock.sendall(b"Content-Length: 2\r\nConnection: close\r\n\r\nok")
+        early = [read_answer(sock, bytearray())[1] for sock in (first, second)]
+        # Their answers done and their connections closed, there is room.
+        late = read_answer(newcomer, bytearray())[1]
+    finally:
+        for sock in (first, second, newcomer):
+            sock.close()
+    assert early == [hashlib.sha256(b"ok").hexdigest().encode() + b"\n"] * 2
+    assert late == hashlib.sha256(b"hi").hexdigest().encode() + b"\n"
+
+
+def test_a_connection_that_has_waited_long_enough_for_its_head_makes_room(
+    serve: Serve,
+) -> None:
+    connections = serve(max_connections=2, evict_after=0.0)
+    idle = [connect(connections) for _ in range(2)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /never HTTP/1.1\r\n")
+        deadline = time.monotonic() + WAIT
+        while connections.open < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with connect(connections) as newcomer:
+            newcomer.sendall(b"POST /now HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            answer = read_answer(newcomer, bytearray())[1]
+        assert answer == hashlib.sha256(b"hi").hexdigest().encode() + b"\n"
+        assert closed(idle[0])
+    finally:
+        for sock in idle:
+            sock.close()

@@ -7,7 +7,10 @@ or never, so holds a file descriptor for at most ``header_timeout`` seconds and 
 thread; trickled bytes do not extend the time. With ``tls``, the handshake is driven by
 the same loop and counts against the header timeout; plain HTTP on the TLS port is
 answered ``400`` as Go's net/http does. Beyond ``max_connections``, the connection that
-has waited longest for its request is closed to make room.
+has waited longest for its request is closed to make room, once it has waited
+``evict_after`` seconds: a newcomer never pushes out one that has only just come, which
+would gain nothing, and under a flood of connections would push out every client before
+its head could be read. Newcomers wait in the listen backlog meanwhile.
 
 Two ways to hand a request over, one per server:
 
@@ -63,6 +66,9 @@ from elevate_import_exporter.httpd.messages import Answer, Request
 log = logging.getLogger(__name__)
 LINGER_SECONDS = 2.0  # to read and drop what a refused request's client still sends
 MAX_BODY_BYTES = 1024 * 1024  # buffered mode: a longer body is refused 413
+# A head comes in milliseconds after the connection; half a second is ample on a loaded
+# machine, and short enough for newcomers to wait in the backlog.
+EVICT_AFTER = 0.5
 # Bytes of the requests waiting for their bodies, heads and bodies as announced (a chunked
 # body counts as the largest), together: beyond it a new one is closed, so that slow bodies
 # cannot take the memory (32 of the largest).
@@ -132,6 +138,7 @@ class Connections:
         on_turn: Callable[[float], None] | None = None,
         turn_every: float = 1.0,
         name: str = "http",
+        evict_after: float = EVICT_AFTER,
     ) -> None:
         if (respond is None) == (stream is None):
             raise ValueError("give respond or stream")
@@ -141,6 +148,7 @@ class Connections:
         self._respond = respond
         self._stream = stream
         self._header_timeout = header_timeout
+        self._evict_after = evict_after
         self._idle_timeout = idle_timeout
         self.max_connections = max_connections
         self._write_timeout = write_timeout
@@ -264,8 +272,8 @@ class Connections:
     def _accept(self, listener: socket.socket, now: float) -> None:
         if self._draining:  # ready in the same select as the drain's wake-up
             return
-        if self.open >= self.max_connections and not self._evict_oldest():
-            self._pause(now + 0.1)  # all of them busy: one comes back soon
+        if self.open >= self.max_connections and not self._evict_oldest(now):
+            self._pause(now + 0.1)  # all of them busy or new: one comes back soon
             return
         try:
             sock, address = listener.accept()
@@ -277,7 +285,9 @@ class Connections:
                 log.warning("cannot accept connections: %s; pausing", exc.strerror or exc)
             self._backoff = min(1.0, self._backoff * 2 or 0.1)
             if exc.errno in _OUT_OF_DESCRIPTORS:
-                self._evict_oldest()
+                # Not for a newcomer only: the process needs descriptors for Elevate and
+                # its store too, so the oldest goes whatever its age.
+                self._evict_oldest(now, after=0.0)
             self._pause(now + self._backoff)
             return
         self._backoff = 0.0
@@ -326,10 +336,12 @@ class Connections:
             self._listeners.watch(self._selector)
             self._accepting = True
 
-    def _evict_oldest(self) -> bool:
+    def _evict_oldest(self, now: float, after: float | None = None) -> bool:
         if not self._waiting:
             return False
         oldest = min(self._waiting, key=lambda conn: conn.since)
+        if now - oldest.since < (self._evict_after if after is None else after):
+            return False
         log.debug("http %s closed to make room for a new connection", oldest.peer)
         self._drop(oldest)
         return True
