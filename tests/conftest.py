@@ -7,7 +7,6 @@ only a process shows: exit status, signals, stderr, environment variables.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,14 @@ from elevate_import_exporter.app import Application as Exporter
 from elevate_import_exporter.settings.config import LOG_OPTIONS, RUN_OPTIONS
 from elevate_import_exporter.settings.options import PROXY_OPTIONS, REGISTRATION_PASSWORD_ENV
 from elevate_import_exporter.simulator import Simulator
-from tests.support import Exporters, free_port, fresh_store_path, stop_process, wait_until
+from tests.support import (
+    Exporters,
+    free_port,
+    fresh_store_path,
+    post_json,
+    stop_process,
+    wait_until,
+)
 
 SIM_KEY = "sim-key"
 REPO = Path(__file__).resolve().parent.parent
@@ -149,16 +155,7 @@ class ExporterProcess:
             return error.code, error.read().decode("utf-8", "replace")
 
     def post_json(self, path: str, document: object) -> tuple[int, str]:
-        request = urllib.request.Request(
-            self.url + path,
-            data=json.dumps(document).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.read().decode("utf-8")
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode("utf-8", "replace")
+        return post_json(self.url + path, document)
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         def ready() -> bool:

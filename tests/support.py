@@ -45,6 +45,27 @@ def need_tool(name: str) -> str:
     return path
 
 
+def post_json(url: str, document: object, timeout: float = 30.0) -> tuple[int, str]:
+    """Status and text of a POST of ``document`` as JSON; an error status is an answer too."""
+    request = urllib.request.Request(
+        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode("utf-8")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode("utf-8", "replace")
+
+
+def answers_200(url: str) -> bool:
+    """Whether ``url`` answers 200 now: a readiness probe to poll."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
 def prometheus_api(base: str, path: str, **params: str) -> Any:
     """The ``data`` of a Prometheus HTTP API answer (``/api/v1/<path>``); an error answer
     fails the test with Prometheus' own words."""

@@ -6,7 +6,6 @@ buckets end `run` with exit status 2 naming the value."""
 
 from __future__ import annotations
 
-import json
 import urllib.request
 from pathlib import Path
 
@@ -14,20 +13,15 @@ import pytest
 
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import SIM_KEY, ExporterFor, ExporterProcess, ExporterProcessFor
-from tests.support import Scrape, assert_promtool_approves, need_tool, scrape
+from tests.support import Scrape, assert_promtool_approves, need_tool, post_json, scrape
 from tests.test_cli import NOWHERE, assert_setup_error, invoke
 
 FEEDS = {"7001": "a", "7002": "b", "7003": "c", "7004": "d"}
 
 
 def register(url: str, document: object) -> None:
-    request = urllib.request.Request(
-        url + "/api/v1/imports",
-        data=json.dumps(document).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status in (200, 201)
+    status, text = post_json(url + "/api/v1/imports", document)
+    assert status in (200, 201), text
 
 
 def run_capped(

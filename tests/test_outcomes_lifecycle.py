@@ -27,23 +27,15 @@ from elevate_import_exporter.proxy.delivery import Delivery, DeliveryFailed
 from elevate_import_exporter.settings.config import load_settings
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import EXPORTER_ENV, SIM_KEY, ExporterFor
-from tests.support import scrape, wait_until
+from tests.support import post_json, scrape, wait_until
 from tests.test_lifecycle import Clock
 
 T0 = 1_800_000_000.0
 
 
 def post(url: str, document: object) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(
-        url + "/api/v1/imports",
-        data=json.dumps(document).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    status, text = post_json(url + "/api/v1/imports", document)
+    return status, json.loads(text)
 
 
 def record_of(url: str, import_id: str) -> dict[str, object]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.conftest import SIM_KEY, ExporterProcess, ExporterProcessFor
 from tests.standalone_proxy import ProxyFor, proxy_process  # noqa: F401 (a fixture)
-from tests.support import Scrape, free_port, scrape, wait_until
+from tests.support import Scrape, free_port, post_json, scrape, wait_until
 from tests.test_proxy import FEED, send
 from tests.test_proxy_command_process import UPLOAD_PATH
 
@@ -29,13 +29,9 @@ ALL_FINISHED = ("ABORTED", "FAILURE", "SUCCESS", "NOT_FOUND")
 ACCEPTED_AGO = 3600.0
 
 
-def post_json(url: str, document: object) -> dict[str, object]:
-    request = urllib.request.Request(
-        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        answer: dict[str, object] = json.loads(response.read())
-        return answer
+def register(url: str, document: object) -> None:
+    status, text = post_json(url, document)
+    assert status in (200, 201), text
 
 
 def get_json(url: str) -> dict[str, object]:
@@ -101,7 +97,7 @@ def test_imports_of_every_source_move_the_counter_histograms_and_last_final_once
 
     accepted_at = time.time() - ACCEPTED_AGO
     registration = {"id": API, "labels": {"feed_name": "nightly"}, "accepted_at": accepted_at}
-    post_json(exporter.url + "/api/v1/imports", registration)
+    register(exporter.url + "/api/v1/imports", registration)
     upload = send(
         proxy_port,
         "POST",

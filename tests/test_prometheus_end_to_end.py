@@ -21,9 +21,6 @@ import math
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -36,7 +33,15 @@ from prometheus_client import CollectorRegistry
 
 from elevate_import_exporter.proxy.delivery import Delivery, DeliveryCollector
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from tests.support import free_port, need_tool, prometheus_api, scrape, stop_process, wait_until
+from tests.support import (
+    answers_200,
+    free_port,
+    need_tool,
+    prometheus_api,
+    scrape,
+    stop_process,
+    wait_until,
+)
 from tests.test_dashboard import (
     AGE_PANEL,
     BUDGET,
@@ -146,14 +151,6 @@ class Stack:
         return [a for a in found if a["labels"]["alertname"] == alertname and a["state"] == state]
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
-
-
 def push_feed(port: int, api_key: str) -> str:
     """A feed job's upload through the exporter's import proxy; the import id of its 202."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -238,8 +235,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 )
             url = f"http://127.0.0.1:{prometheus_port}"
             ready = Stack(sim, exporter_address, url, logs, proxy_port)
-            ready.wait(lambda: _answers(f"http://{exporter_address}/-/ready"), "exporter ready")
-            ready.wait(lambda: _answers(f"{ready.prometheus_url}/-/ready"), "Prometheus ready")
+            ready.wait(lambda: answers_200(f"http://{exporter_address}/-/ready"), "exporter ready")
+            ready.wait(lambda: answers_200(f"{ready.prometheus_url}/-/ready"), "Prometheus ready")
             sim.import_desk.steps = FEED_STEPS
             ready.proxied = push_feed(proxy_port, API_KEY)
             yield ready

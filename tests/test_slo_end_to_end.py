@@ -30,7 +30,7 @@ import yaml
 
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
 from tests.alerting import running_alertmanager
-from tests.support import free_port, need_tool, stop_process, wait_until
+from tests.support import answers_200, free_port, need_tool, post_json, stop_process, wait_until
 from tests.test_rules_routing import Webhooks, alertmanager_config, receiving_webhooks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,20 +110,9 @@ def _get_json(url: str) -> Any:
 
 
 def register(exporter: str, import_id: str, kind: str, labels: dict[str, str]) -> None:
-    body = json.dumps({"id": import_id, "type": kind, "labels": labels}).encode()
-    request = urllib.request.Request(
-        f"{exporter}/api/v1/imports", data=body, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.status in {200, 201}, answer.status
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
+    document = {"id": import_id, "type": kind, "labels": labels}
+    status, _ = post_json(f"{exporter}/api/v1/imports", document, timeout=10)
+    assert status in {200, 201}, status
 
 
 def generated_rules(tmp: Path) -> Path:
@@ -217,7 +206,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 logs,
             )
             for url in (f"{ready.exporter}/-/ready", f"{ready.prometheus}/-/ready"):
-                ready.wait(lambda url=url: _answers(url), f"{url} ready", timeout=30)
+                ready.wait(lambda url=url: answers_200(url), f"{url} ready", timeout=30)
             yield ready
         finally:
             for process in reversed(processes):

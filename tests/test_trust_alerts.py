@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from tests.support import free_port, need_tool, stop_process, wait_until
-from tests.test_prometheus_end_to_end import _answers, rules_with_short_for
+from tests.support import answers_200, free_port, need_tool, stop_process, wait_until
+from tests.test_prometheus_end_to_end import rules_with_short_for
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTMANAGER_CONFIG = REPO / "prometheus" / "alertmanager.yml"
@@ -168,7 +168,7 @@ def pager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pager]:
                 f"{ready.alertmanager}/-/ready",
                 f"{ready.prometheus}/-/ready",
             ):
-                ready.wait(lambda url=url: _answers(url), f"{url} ready")
+                ready.wait(lambda url=url: answers_200(url), f"{url} ready")
             yield ready
         finally:
             for process in reversed(processes):

@@ -35,7 +35,14 @@ import yaml
 
 import tests.test_kubernetes as manifests
 from elevate_import_exporter.simulator import ScriptedImport, Simulator, Step
-from tests.support import free_port, need_tool, prometheus_api, stop_process, wait_until
+from tests.support import (
+    answers_200,
+    free_port,
+    need_tool,
+    prometheus_api,
+    stop_process,
+    wait_until,
+)
 from tests.test_dashboard import (
     CURRENT_TABLE,
     FAILED_TABLE,
@@ -64,7 +71,7 @@ from tests.test_kubernetes import (
     validate_custom,
     volume_of_path,
 )
-from tests.test_prometheus_end_to_end import _answers, rules_with_short_for
+from tests.test_prometheus_end_to_end import rules_with_short_for
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = KUBERNETES / "examples" / "two-clusters"
@@ -317,7 +324,7 @@ def exporters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ex
             found[cluster] = exporter
         for exporter in found.values():
             url = f"http://{exporter.address}/-/ready"
-            wait_until(partial(_answers, url), timeout=WAIT, what=f"{url} ready")
+            wait_until(partial(answers_200, url), timeout=WAIT, what=f"{url} ready")
         yield found
 
 
@@ -433,7 +440,7 @@ def running_prometheus(
         ready = Prometheus(
             f"http://127.0.0.1:{port}", exporters, [log, *(e.log for e in exporters.values())]
         )
-        ready.wait(lambda: _answers(f"{ready.url}/-/ready"), "Prometheus ready")
+        ready.wait(lambda: answers_200(f"{ready.url}/-/ready"), "Prometheus ready")
         yield ready
     finally:
         stop_process(process)
