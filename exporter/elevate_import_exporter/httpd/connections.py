@@ -272,7 +272,7 @@ class Connections:
     def _accept(self, listener: socket.socket, now: float) -> None:
         if self._draining:  # ready in the same select as the drain's wake-up
             return
-        if self.open >= self.max_connections and not self._evict_oldest(now):
+        if self.open >= self.max_connections and not self._evict_oldest(now, self._evict_after):
             self._pause(now + 0.1)  # all of them busy or new: one comes back soon
             return
         try:
@@ -287,7 +287,7 @@ class Connections:
             if exc.errno in _OUT_OF_DESCRIPTORS:
                 # Not for a newcomer only: the process needs descriptors for Elevate and
                 # its store too, so the oldest goes whatever its age.
-                self._evict_oldest(now, after=0.0)
+                self._evict_oldest(now, 0.0)
             self._pause(now + self._backoff)
             return
         self._backoff = 0.0
@@ -336,11 +336,13 @@ class Connections:
             self._listeners.watch(self._selector)
             self._accepting = True
 
-    def _evict_oldest(self, now: float, after: float | None = None) -> bool:
+    def _evict_oldest(self, now: float, after: float) -> bool:
+        """Close the connection waiting longest for its request, if it has waited
+        ``after`` seconds; whether one was closed."""
         if not self._waiting:
             return False
         oldest = min(self._waiting, key=lambda conn: conn.since)
-        if now - oldest.since < (self._evict_after if after is None else after):
+        if now - oldest.since < after:
             return False
         log.debug("http %s closed to make room for a new connection", oldest.peer)
         self._drop(oldest)
